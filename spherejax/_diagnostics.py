@@ -1,0 +1,98 @@
+"""Diagnostics of token configurations: cosines, clusters, and GLPR's equiangular
+reference ODE."""
+
+import diffrax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ._misc import safe_norm
+
+
+def pairwise_cosines(x: Float[ArrayLike, "n d"]) -> Float[Array, "n n"]:
+    """Matrix of cosines `<x_i, x_j> / (|x_i| |x_j|)` (works for any radius)."""
+    x = jnp.asarray(x)
+    u = x / safe_norm(x, keepdims=True)
+    return u @ jnp.swapaxes(u, -1, -2)
+
+
+def clusters(x: Float[ArrayLike, "n d"], tol: float = 1e-3) -> np.ndarray:
+    """Cluster labels `0..c-1` (in order of first appearance).
+
+    Tokens `i, j` are linked when `1 - cos(x_i, x_j) <= tol`; clusters are the
+    connected components of that graph.
+    """
+    if not tol >= 0:
+        raise ValueError(f"`tol` must be non-negative; got {tol}.")
+    close = np.asarray(1 - pairwise_cosines(x)) <= tol
+    n = close.shape[0]
+    labels = -np.ones(n, dtype=int)
+    current = 0
+    for i in range(n):
+        if labels[i] >= 0:
+            continue
+        stack = [i]
+        labels[i] = current
+        while stack:
+            j = stack.pop()
+            for k in np.nonzero(close[j] & (labels < 0))[0]:
+                labels[k] = current
+                stack.append(k)
+        current += 1
+    return labels
+
+
+def cluster_count(x: Float[ArrayLike, "n d"], tol: float = 1e-3) -> int:
+    """Number of clusters of `clusters(x, tol)`."""
+    return int(clusters(x, tol).max()) + 1
+
+
+def equiangular(
+    ts: Float[ArrayLike, " T"],
+    beta: float,
+    n: int,
+    rho0: float,
+    normalization: str = "softmax",
+    *,
+    rtol: float = 1e-12,
+    atol: float = 1e-14,
+) -> Float[Array, " T"]:
+    r"""Common inner product `rho(t)` of an equiangular configuration (GLPR Thm 6.8).
+
+    With `Q = K = V = I`, `n` tokens with `<x_i, x_j> = rho` for all `i != j` stay
+    equiangular, and
+
+    - SA: $\rho' = \dfrac{2 e^{\beta\rho}(1-\rho)((n-1)\rho+1)}{e^\beta + (n-1)e^{\beta\rho}}$,
+    - USA: $\rho' = \tfrac{2}{n} e^{\beta\rho}(1-\rho)((n-1)\rho+1)$.
+
+    Solved with `diffrax.Dopri8` at tight tolerances from `ts[0]`.
+    """
+    ts = jnp.asarray(ts, dtype=jnp.result_type(float))
+    beta = jnp.asarray(beta, ts.dtype)
+    if normalization == "softmax":
+
+        def rhs(t, rho, args):
+            e = jnp.exp(beta * rho)
+            return 2 * e * (1 - rho) * ((n - 1) * rho + 1) / (jnp.exp(beta) + (n - 1) * e)
+
+    elif normalization == "unnormalized":
+
+        def rhs(t, rho, args):
+            return 2 / n * jnp.exp(beta * rho) * (1 - rho) * ((n - 1) * rho + 1)
+
+    else:
+        raise ValueError(
+            f"`normalization` must be 'softmax' or 'unnormalized'; got {normalization!r}."
+        )
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(rhs),
+        diffrax.Dopri8(),
+        ts[0],
+        ts[-1],
+        None,
+        jnp.asarray(rho0, ts.dtype),
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=100_000,
+    )
+    return sol.ys

@@ -1,0 +1,265 @@
+r"""Manifolds on which tokens live.
+
+Every method acts row-wise on arrays of shape `(..., d)`: a single point, a token
+configuration `(n, d)`, or a batch `(b, n, d)`. Tangent vectors are represented in
+the ambient space `R^d`.
+"""
+
+import abc
+import math
+
+import equinox as eqx
+
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, PRNGKeyArray
+
+from ._misc import cos_sqrt, safe_norm, sinc_sqrt
+
+
+def _dot(u: Array, v: Array) -> Array:
+    return jnp.sum(u * v, axis=-1, keepdims=True)
+
+
+def _check_positive(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a positive real number; got {value!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be positive and finite; got {value}.")
+    return value
+
+
+class AbstractManifold(eqx.Module):
+    """An embedded submanifold `M` of `R^d`, acting row-wise on `(..., d)` arrays.
+
+    Subclasses implement `project`, `to_tangent`, `exp`, `log`, `transport`,
+    `violation`; `retract` defaults to `project(x + v)` (the metric-projection
+    retraction, which agrees with `exp` to second order).
+    """
+
+    @abc.abstractmethod
+    def project(self, x: ArrayLike) -> Array:
+        """Nearest point of `M` (the metric projection) to each row of `x`."""
+
+    @abc.abstractmethod
+    def to_tangent(self, x: ArrayLike, v: ArrayLike) -> Array:
+        """Orthogonal projection of `v` onto the tangent space `T_x M`."""
+
+    @abc.abstractmethod
+    def exp(self, x: ArrayLike, v: ArrayLike) -> Array:
+        """Riemannian exponential: follow the geodesic from `x` with velocity `v`
+        (assumed tangent) for unit time."""
+
+    @abc.abstractmethod
+    def log(self, x: ArrayLike, y: ArrayLike) -> Array:
+        """Inverse of `exp`: the tangent vector at `x` pointing to `y` with length
+        `dist(x, y)` (undefined at cut points, e.g. antipodes on a sphere)."""
+
+    @abc.abstractmethod
+    def transport(self, x: ArrayLike, y: ArrayLike, v: ArrayLike) -> Array:
+        """Parallel transport of the tangent vector `v` at `x` to `y` along the
+        minimising geodesic."""
+
+    @abc.abstractmethod
+    def violation(self, x: ArrayLike) -> Array:
+        """Largest constraint error over all rows of `x` (a scalar)."""
+
+    def retract(self, x: ArrayLike, v: ArrayLike) -> Array:
+        """Retraction `R_x(v) = project(x + v)`: `R_x(0) = x`, `dR_x(0) = id` on
+        `T_x M`."""
+        return self.project(jnp.asarray(x) + jnp.asarray(v))
+
+    def dist(self, x: ArrayLike, y: ArrayLike) -> Array:
+        """Geodesic distance, row-wise (shape `(...)`)."""
+        return safe_norm(self.log(x, y))
+
+    def inner(self, x: ArrayLike, u: ArrayLike, v: ArrayLike) -> Array:
+        """Riemannian metric (the induced Euclidean one), row-wise."""
+        del x
+        return jnp.sum(jnp.asarray(u) * jnp.asarray(v), axis=-1)
+
+    def random(self, key: PRNGKeyArray, shape: tuple[int, ...], dtype=None) -> Array:
+        """Random points of `M` with shape `shape = (..., d)` (Gaussian then
+        projected: uniform on spheres)."""
+        if len(shape) == 0:
+            raise ValueError("`shape` must end with the ambient dimension `d`.")
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        return self.project(jr.normal(key, shape, dtype))
+
+    def check_dimension(self, d: int) -> None:
+        """Raise a `ValueError` if `M` makes no sense in `R^d`."""
+        if d < 1:
+            raise ValueError(f"ambient dimension must be >= 1; got {d}.")
+
+
+class Sphere(AbstractManifold):
+    r"""The sphere $\{x \in \mathbb R^d : |x| = r\}$.
+
+    Tangent projection $P_x v = v - \langle x, v\rangle x / r^2$; closed-form
+    exponential $\exp_x(v) = \cos(|v|/r)\, x + r \sin(|v|/r)\, v/|v|$, logarithm,
+    distance $r \arccos(\langle x, y\rangle / r^2)$ (computed with `atan2` for
+    accuracy near 0) and parallel transport
+    $v - \frac{\langle y, v\rangle}{r^2 + \langle x, y\rangle}(x + y)$.
+    All are NaN-safe (and differentiable) at zero tangent vectors.
+    """
+
+    radius: float = eqx.field(static=True, default=1.0)
+
+    def __check_init__(self):
+        _check_positive("radius", self.radius)
+
+    def project(self, x):
+        x = jnp.asarray(x)
+        return self.radius * x / safe_norm(x, keepdims=True)
+
+    def to_tangent(self, x, v):
+        x, v = jnp.asarray(x), jnp.asarray(v)
+        return v - _dot(x, v) * x / self.radius**2
+
+    def exp(self, x, v):
+        x, v = jnp.asarray(x), jnp.asarray(v)
+        theta2 = _dot(v, v) / self.radius**2
+        return cos_sqrt(theta2) * x + sinc_sqrt(theta2) * v
+
+    def log(self, x, y):
+        r = self.radius
+        xn, yn = jnp.asarray(x) / r, jnp.asarray(y) / r
+        c = _dot(xn, yn)
+        u = yn - c * xn
+        s = safe_norm(u, keepdims=True)
+        theta = jnp.arctan2(s, c)
+        positive = s > 0
+        ratio = jnp.where(positive, theta / jnp.where(positive, s, 1.0), 1.0)
+        return r * ratio * u
+
+    def dist(self, x, y):
+        r = self.radius
+        xn, yn = jnp.asarray(x) / r, jnp.asarray(y) / r
+        c = jnp.sum(xn * yn, axis=-1)
+        s = safe_norm(yn - c[..., None] * xn)
+        return r * jnp.arctan2(s, c)
+
+    def transport(self, x, y, v):
+        x, y, v = jnp.asarray(x), jnp.asarray(y), jnp.asarray(v)
+        return v - _dot(y, v) / (self.radius**2 + _dot(x, y)) * (x + y)
+
+    def violation(self, x):
+        return jnp.max(jnp.abs(safe_norm(jnp.asarray(x)) - self.radius))
+
+
+Sphere.__init__.__doc__ = """**Arguments:**
+
+- `radius`: the radius `r > 0` (default 1).
+"""
+
+
+class LayerNormSphere(AbstractManifold):
+    r"""The set LayerNorm (without affine map) projects onto, generalised to a
+    prescribed mean and standard deviation (the set $S_1(\sigma_1, \sigma_2)$ of
+    Tai et al.):
+
+    $$\{x \in \mathbb R^d : \operatorname{mean}(x) = \sigma_1,\
+    \operatorname{var}(x) = \sigma_2^2\},$$
+
+    a sphere of radius $\sqrt d\,\sigma_2$ centred at $\sigma_1 \mathbf 1$ inside the
+    hyperplane $\operatorname{mean}(x) = \sigma_1$. The metric projection is the
+    LayerNorm map $\sigma_2 (v - \operatorname{mean} v) / \operatorname{std} v + \sigma_1$
+    (population standard deviation). Tangent projection
+    $v \mapsto v_0 - \langle y, v_0\rangle y / (d \sigma_2^2)$ with
+    $v_0 = v - \operatorname{mean}(v)$ and $y = x - \sigma_1 \mathbf 1$.
+    The default (`mean=0`, `std=1`) is `{mean(x) = 0, |x|^2 = d}`.
+    """
+
+    mean: float = eqx.field(static=True, default=0.0)
+    std: float = eqx.field(static=True, default=1.0)
+
+    def __check_init__(self):
+        _check_positive("std", self.std)
+        if not math.isfinite(float(self.mean)):
+            raise ValueError(f"`mean` must be finite; got {self.mean}.")
+
+    def _sphere(self, d: int) -> Sphere:
+        return Sphere(self.std * math.sqrt(d))
+
+    def check_dimension(self, d: int) -> None:
+        if d < 2:
+            raise ValueError(f"`LayerNormSphere` needs dimension d >= 2; got {d}.")
+
+    def project(self, x):
+        x = jnp.asarray(x)
+        centred = x - jnp.mean(x, axis=-1, keepdims=True)
+        std = safe_norm(centred, keepdims=True) / math.sqrt(x.shape[-1])
+        return self.std * centred / std + self.mean
+
+    def to_tangent(self, x, v):
+        x, v = jnp.asarray(x), jnp.asarray(v)
+        v0 = v - jnp.mean(v, axis=-1, keepdims=True)
+        return self._sphere(x.shape[-1]).to_tangent(x - self.mean, v0)
+
+    def exp(self, x, v):
+        x = jnp.asarray(x)
+        return self._sphere(x.shape[-1]).exp(x - self.mean, v) + self.mean
+
+    def log(self, x, y):
+        x = jnp.asarray(x)
+        return self._sphere(x.shape[-1]).log(x - self.mean, jnp.asarray(y) - self.mean)
+
+    def dist(self, x, y):
+        x = jnp.asarray(x)
+        return self._sphere(x.shape[-1]).dist(x - self.mean, jnp.asarray(y) - self.mean)
+
+    def transport(self, x, y, v):
+        x = jnp.asarray(x)
+        return self._sphere(x.shape[-1]).transport(
+            x - self.mean, jnp.asarray(y) - self.mean, v
+        )
+
+    def violation(self, x):
+        x = jnp.asarray(x)
+        mean = jnp.mean(x, axis=-1)
+        radius = self.std * math.sqrt(x.shape[-1])
+        norm_err = jnp.abs(safe_norm(x - self.mean) - radius)
+        return jnp.maximum(jnp.max(jnp.abs(mean - self.mean)), jnp.max(norm_err))
+
+
+LayerNormSphere.__init__.__doc__ = """**Arguments:**
+
+- `mean`: the prescribed per-token mean `sigma_1` (default 0).
+- `std`: the prescribed per-token standard deviation `sigma_2 > 0` (default 1).
+"""
+
+
+class Euclidean(AbstractManifold):
+    """Flat `R^d`: no constraint (models without normalisation)."""
+
+    def project(self, x):
+        return jnp.asarray(x)
+
+    def to_tangent(self, x, v):
+        del x
+        return jnp.asarray(v)
+
+    def retract(self, x, v):
+        return jnp.asarray(x) + jnp.asarray(v)
+
+    def exp(self, x, v):
+        return jnp.asarray(x) + jnp.asarray(v)
+
+    def log(self, x, y):
+        return jnp.asarray(y) - jnp.asarray(x)
+
+    def transport(self, x, y, v):
+        del x, y
+        return jnp.asarray(v)
+
+    def violation(self, x):
+        return jnp.zeros((), jnp.asarray(x).dtype)
+
+    def random(self, key, shape, dtype=None):
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        return jr.normal(key, shape, dtype)
+
+
+Euclidean.__init__.__doc__ = """**Arguments:** None"""

@@ -1,0 +1,66 @@
+"""Common pieces of the manifold solvers."""
+
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+
+
+from .._manifold import AbstractManifold
+
+
+class AbstractManifoldSolver(diffrax.AbstractSolver):
+    """A diffrax solver that keeps the state on `manifold`.
+
+    `manifold` may be `None` at construction; `spherejax.solve` then fills in the
+    field's manifold (`with_manifold`). Calling `diffrax.diffeqsolve` directly needs
+    it set.
+    """
+
+    manifold: eqx.AbstractVar[AbstractManifold | None]
+
+    def with_manifold(self, manifold: AbstractManifold):
+        """A copy of this solver acting on `manifold`."""
+        return eqx.tree_at(
+            lambda s: s.manifold, self, manifold, is_leaf=lambda x: x is None
+        )
+
+    def _require_manifold(self) -> AbstractManifold:
+        if self.manifold is None:
+            raise ValueError(
+                f"`{type(self).__name__}` needs a `manifold` (pass one, or use "
+                "`spherejax.solve`, which takes it from the field)."
+            )
+        return self.manifold
+
+
+class ProjectedInterpolation(diffrax.AbstractLocalInterpolation):
+    """Dense output of an inner interpolation, projected onto the manifold
+    (NOTES pitfall 5): every evaluated point lies on `manifold`."""
+
+    inner: diffrax.AbstractLocalInterpolation
+    manifold: AbstractManifold
+
+    @property
+    def t0(self):
+        return self.inner.t0
+
+    @property
+    def t1(self):
+        return self.inner.t1
+
+    def evaluate(self, t0, t1=None, left: bool = True):
+        if t1 is not None:
+            return self.evaluate(t1, left=left) - self.evaluate(t0, left=left)
+        return self.manifold.project(self.inner.evaluate(t0, left=left))
+
+
+def projected_interpolation_cls(
+    inner_cls: Callable, manifold: AbstractManifold
+) -> Callable[..., ProjectedInterpolation]:
+    """Wrap `inner_cls(*, t0, t1, **dense_info)` so its output is projected."""
+
+    def make(**kwargs) -> ProjectedInterpolation:
+        return ProjectedInterpolation(inner_cls(**kwargs), manifold)
+
+    return make

@@ -1,0 +1,114 @@
+"""`Retract`: any explicit diffrax Runge–Kutta solver followed by a retraction."""
+
+import diffrax
+import equinox as eqx
+import jax
+
+from .._manifold import AbstractManifold
+from .base import AbstractManifoldSolver, projected_interpolation_cls
+
+
+class Retract(AbstractManifoldSolver, diffrax.AbstractWrappedSolver):
+    r"""Wrap an explicit diffrax solver so every step ends on the manifold.
+
+    One step is the inner solver's step $\tilde y_1 = \Phi_h(y_0)$ followed by the
+    retraction $y_1 = R_{y_0}(\tilde y_1 - y_0) = \operatorname{project}(\tilde y_1)$.
+    The inner step leaves the manifold by $O(h^{p+1})$, which the projection
+    removes without spoiling the local error, so the method keeps the inner
+    order `p`. Its embedded error estimate (if any) is passed through unchanged, so
+    `diffrax.PIDController` drives it exactly as it would the inner solver. Dense
+    output (`SaveAt(ts=...)`) is the inner interpolation, projected.
+
+    First-same-as-last solvers (Tsit5, Dopri5, RK4, ...) reuse the field evaluated
+    at the unprojected end point $\tilde y_1$ as the next first stage: one
+    evaluation a step is saved and the perturbation, $O(h^{p+1})$ times `h`, is
+    below the local error.
+
+    `isinstance(Retract(s), T)` is true whenever `isinstance(s, T)` (diffrax's
+    wrapped-solver rule), so adaptive-step and adjoint checks see the inner solver.
+
+    !!! warning
+
+        With `diffrax.BacksolveAdjoint` the backward pass integrates the adjoint
+        state too, which must not be projected: pass
+        `BacksolveAdjoint(solver=<the inner solver>)`. `spherejax.solve` does this
+        for you.
+    """
+
+    solver: diffrax.AbstractSolver
+    manifold: AbstractManifold | None = None
+    scan_kind: str | None = None
+
+    def __check_init__(self):
+        if not isinstance(self.solver, diffrax.AbstractSolver):
+            raise ValueError(
+                f"`solver` must be a diffrax solver; got {type(self.solver).__name__}."
+            )
+        if isinstance(self.solver, diffrax.AbstractImplicitSolver):
+            raise ValueError(
+                "`Retract` wraps explicit solvers; got the implicit "
+                f"{type(self.solver).__name__}."
+            )
+        if self.manifold is not None and not isinstance(self.manifold, AbstractManifold):
+            raise ValueError(f"`manifold` must be a spherejax manifold; got {self.manifold!r}.")
+
+    @property
+    def _inner(self) -> diffrax.AbstractSolver:
+        # diffrax's adjoints set `scan_kind` on Runge–Kutta solvers to support
+        # forward- and reverse-mode autodiff; they see this wrapper as a
+        # Runge–Kutta solver (wrapped isinstance) and set it here: forward it.
+        if self.scan_kind is not None and hasattr(self.solver, "scan_kind"):
+            return eqx.tree_at(
+                lambda s: s.scan_kind,
+                self.solver,
+                self.scan_kind,
+                is_leaf=lambda x: x is None,
+            )
+        return self.solver
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):
+        return projected_interpolation_cls(
+            self.solver.interpolation_cls, self._require_manifold()
+        )
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self._inner.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        manifold = self._require_manifold()
+        if not isinstance(y0, jax.Array):
+            raise ValueError(
+                "`Retract` steps a single array of tokens; got a "
+                f"{type(y0).__name__}. (With `BacksolveAdjoint`, pass "
+                "`BacksolveAdjoint(solver=<inner solver>)`.)"
+            )
+        y1, y_error, dense_info, solver_state, result = self._inner.step(
+            terms, t0, t1, y0, args, solver_state, made_jump
+        )
+        y1 = manifold.retract(y0, y1 - y0)
+        return y1, y_error, dense_info, solver_state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+Retract.__init__.__doc__ = """**Arguments:**
+
+- `solver`: an explicit diffrax solver (`Euler`, `Heun`, `Midpoint`, `Ralston`,
+  `Bosh3`, `Tsit5`, `Dopri5`, `Dopri8`, `spherejax.RK4`, ...).
+- `manifold`: where the state lives; `None` lets `spherejax.solve` take it from the
+  field.
+- `scan_kind`: forwarded to the inner Runge–Kutta solver's stage loop (diffrax's
+  adjoints set it; leave it `None`).
+"""
