@@ -106,7 +106,12 @@ def attention_matrix(
     log_weights: Float[Array, " n"] | None = None,
     sinkhorn_iters: int = 100,
 ) -> Float[Array, "h n n"]:
-    """The full attention matrix `A^h_ij` (dense; for analysis and tests)."""
+    """The full attention matrix `A^h_ij`, shape `(h, n, n)` (dense; for analysis
+    and tests). `Q`, `K` may also be single-head `(k, d)` arrays."""
+    x = jnp.asarray(x)
+    Q, K = (jnp.asarray(a) for a in (Q, K))
+    Q, K = (a[None] if a.ndim == 2 else a for a in (Q, K))
+    beta = jnp.asarray(beta, x.dtype)
     n = x.shape[0]
     log_w = (
         jnp.full((n,), -jnp.log(n), x.dtype) if log_weights is None else log_weights

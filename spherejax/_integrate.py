@@ -2,6 +2,7 @@
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
@@ -91,7 +92,8 @@ def solve(
             raise ValueError("`y0` contains NaN or inf.")
         scale = max(1.0, float(np.max(np.abs(y0_np)))) if y0_np.size else 1.0
         tol = float(np.sqrt(np.finfo(y0_np.dtype).eps)) * scale
-        err = float(manifold.violation(y0))
+        with jax.ensure_compile_time_eval():  # y0 is concrete even inside a jit trace
+            err = float(manifold.violation(y0))
         if err > tol:
             raise ValueError(
                 f"`y0` is off the manifold {manifold} by {err:.3g} (tolerance {tol:.1g}); "
