@@ -247,3 +247,11 @@ def test_bad_inputs(getkey):
     # a traced off-manifold y0 (inside jit) is caught too
     with pytest.raises(Exception, match="off the manifold"):
         jax.jit(lambda y: sj.solve(field, y, 1.0).ys)(2.0 * x0)
+
+
+def test_progress_meter(getkey, capfd):
+    x0 = SPHERE.random(getkey(), (4, 3))
+    sol = sj.solve(sj.SelfAttention.identity(3, 1.0), x0, 1.0, progress=True)
+    out = capfd.readouterr()
+    assert "100.00%" in out.out + out.err  # diffrax's text (or tqdm) meter finished
+    assert float(SPHERE.violation(sol.ys)) < 1e-12
