@@ -36,3 +36,19 @@ try:
     __version__ = importlib.metadata.version("spherejax")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
+
+from ._transformer import (
+    PreLNFlow as PreLNFlow,
+    RadiusSphere as RadiusSphere,
+    from_polar as from_polar,
+    to_polar as to_polar,
+    transformer as transformer,
+    unprojected as unprojected,
+)
+from ._tai import (
+    MovingLayerNorm as MovingLayerNorm,
+    relu_projection as relu_projection,
+    tai_transformer as tai_transformer,
+    TaiFlow as TaiFlow,
+    TaiTransformer as TaiTransformer,
+)
