@@ -67,6 +67,7 @@ def transformer(
     norm: str = "post",
     t0: ArrayLike = 0.0,
     split: bool = False,
+    tangent: bool = True,
     final: bool = False,
     args=None,
 ) -> Float[Array, "L1 n d"] | Float[Array, "n d"]:
@@ -82,6 +83,7 @@ def transformer(
       Pre-LN; the stream itself is not normalised.
     - `norm="none"`: $x_{k+1} = x_k + h F(t_k, x_k)$.
 
+    With `tangent=False`, "post" and "none" use the unprojected field too.
     With `split=True` and a `Sum` field (possibly inside `Layerwise`), the terms are
     applied one after the other, each as a full residual sub-layer with its own
     normalisation (Lie–Trotter splitting).
@@ -96,6 +98,10 @@ def transformer(
     - `norm`: `"post"`, `"pre"` or `"none"`.
     - `t0`: time of the first layer.
     - `split`: apply the terms of a `Sum` field one at a time.
+    - `tangent`: for `"post"` and `"none"`, add the field's tangent velocity (the
+      default, matching the ODE); `False` adds its value before the tangent
+      projection, the literal Transformer residual `x + h Attn(x)` (post-LN then is
+      exactly `LN(x + h Attn(x))`). Both converge to the same flow at order 1.
     - `final`: return only the last layer. Then `num_layers` may be a traced or
       varying integer without recompiling (a `while` loop: forward-mode
       differentiable only); convenient for convergence studies over `L`.
@@ -129,13 +135,13 @@ def transformer(
     dtype = y0.dtype
     h, t0 = jnp.asarray(h, dtype), jnp.asarray(t0, dtype)
     if final:
-        return _last(field, y0, jnp.asarray(num_layers), h, t0, norm, split, args)
-    return _stack(field, y0, num_layers, h, t0, norm, split, args)
+        return _last(field, y0, jnp.asarray(num_layers), h, t0, norm, split, tangent, args)
+    return _stack(field, y0, num_layers, h, t0, norm, split, tangent, args)
 
 
-def _layer_fn(field, norm, split, args, h, t0, dtype):
+def _layer_fn(field, norm, split, tangent, args, h, t0, dtype):
     manifold = field.manifold
-    raw = unprojected(field) if norm == "pre" else field
+    raw = unprojected(field) if (norm == "pre" or not tangent) else field
 
     def layer(x, k):
         t = t0 + jnp.asarray(k).astype(dtype) * h
@@ -152,8 +158,8 @@ def _layer_fn(field, norm, split, args, h, t0, dtype):
 
 
 @eqx.filter_jit
-def _stack(field, y0, num_layers, h, t0, norm, split, args):
-    layer = _layer_fn(field, norm, split, args, h, t0, y0.dtype)
+def _stack(field, y0, num_layers, h, t0, norm, split, tangent, args):
+    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype)
 
     def body(x, k):
         x = layer(x, k)
@@ -164,8 +170,8 @@ def _stack(field, y0, num_layers, h, t0, norm, split, args):
 
 
 @eqx.filter_jit
-def _last(field, y0, num_layers, h, t0, norm, split, args):
-    layer = _layer_fn(field, norm, split, args, h, t0, y0.dtype)
+def _last(field, y0, num_layers, h, t0, norm, split, tangent, args):
+    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype)
     return jax.lax.fori_loop(0, num_layers, lambda k, x: layer(x, k), y0)
 
 
