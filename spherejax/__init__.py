@@ -52,3 +52,12 @@ from ._tai import (
     TaiFlow as TaiFlow,
     TaiTransformer as TaiTransformer,
 )
+from ._continuum import (
+    feature_continuum as feature_continuum,
+    feature_operator as feature_operator,
+    from_features as from_features,
+    gaussian_closure as gaussian_closure,
+    quadrature as quadrature,
+    to_features as to_features,
+    token_continuum as token_continuum,
+)

@@ -11,7 +11,7 @@ flow on `[t_0, t_0 + L h]`:
 
   $$\dot\theta = \tfrac1r P_\theta A(\theta),\qquad \dot r = \langle\theta, A(\theta)\rangle$$
 
-  (Karagodin–Ge–Polyanskiy–Rigollet 2025), provided as the field `PreLNFlow` on the
+  (Karagodin–Ge–Polyanskiy–Rigollet, 2025), provided as the field `PreLNFlow` on the
   product `RadiusSphere` of a radius and the unit sphere.
 - **No normalisation** (`norm="none"`): explicit Euler, $x_{k+1} = x_k + h F(t_k, x_k)$.
 
@@ -20,8 +20,8 @@ time, each with its own residual connection and normalisation, as in BERT's
 `LN(x + Attn x)` then `LN(x + FFN x)`: a Lie–Trotter splitting of the flow of the sum.
 
 ??? cite
-    A. Karagodin, C. Ge, Y. Polyanskiy, P. Rigollet, *Normalization in attention
-    dynamics*, 2025. B. Geshkovski, C. Letrouit, Y. Polyanskiy, P. Rigollet, *A
+    N. Karagodin, S. Ge, Y. Polyanskiy, P. Rigollet, *Normalization in attention
+    dynamics*, NeurIPS 2025, arXiv:2510.22026. B. Geshkovski, C. Letrouit, Y. Polyanskiy, P. Rigollet, *A
     mathematical perspective on Transformers*, arXiv:2312.10794.
 """
 
@@ -252,7 +252,7 @@ def from_polar(y: Float[ArrayLike, "*b d1"]) -> Float[Array, "*b d"]:
 
 
 class PreLNFlow(AbstractField):
-    r"""The continuous-time Pre-LN Transformer (Karagodin–Ge–Polyanskiy–Rigollet 2025).
+    r"""The continuous-time Pre-LN Transformer (Karagodin–Ge–Polyanskiy–Rigollet, 2025).
 
     The residual stream $x = r\theta$ follows $\dot x = A(t, \theta)$ where $A$ is the
     wrapped field *before* its tangent projection (e.g.
@@ -266,8 +266,8 @@ class PreLNFlow(AbstractField):
     exponential $e^{-2t}$ of Post-LN.
 
     ??? cite
-        A. Karagodin, C. Ge, Y. Polyanskiy, P. Rigollet, *Normalization in attention
-        dynamics*, 2025.
+        N. Karagodin, S. Ge, Y. Polyanskiy, P. Rigollet, *Normalization in attention
+        dynamics*, NeurIPS 2025, arXiv:2510.22026.
     """
 
     field: AbstractField
