@@ -37,21 +37,6 @@ try:
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
 
-from ._transformer import (
-    PreLNFlow as PreLNFlow,
-    RadiusSphere as RadiusSphere,
-    from_polar as from_polar,
-    to_polar as to_polar,
-    transformer as transformer,
-    unprojected as unprojected,
-)
-from ._tai import (
-    MovingLayerNorm as MovingLayerNorm,
-    relu_projection as relu_projection,
-    tai_transformer as tai_transformer,
-    TaiFlow as TaiFlow,
-    TaiTransformer as TaiTransformer,
-)
 from ._continuum import (
     feature_continuum as feature_continuum,
     feature_operator as feature_operator,
@@ -60,4 +45,19 @@ from ._continuum import (
     quadrature as quadrature,
     to_features as to_features,
     token_continuum as token_continuum,
+)
+from ._tai import (
+    MovingLayerNorm as MovingLayerNorm,
+    TaiFlow as TaiFlow,
+    TaiTransformer as TaiTransformer,
+    relu_projection as relu_projection,
+    tai_transformer as tai_transformer,
+)
+from ._transformer import (
+    PreLNFlow as PreLNFlow,
+    RadiusSphere as RadiusSphere,
+    from_polar as from_polar,
+    to_polar as to_polar,
+    transformer as transformer,
+    unprojected as unprojected,
 )

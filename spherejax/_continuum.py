@@ -10,18 +10,21 @@ converge at the rate of the quadrature rule.
 
 **Feature continuum** (Tai–Liu–Li–Chan). A token is a function $u(y)$,
 $y \in \Omega_y = [0, 1]$, living on the unit sphere of $L^2(\Omega_y)$; queries, keys
-and values are integral operators, $(\mathcal Q u)(\eta) = \int q(\xi, \eta) u(\xi)\,d\xi$,
-and scores are $L^2$ inner products $\langle \mathcal Q u_i, \mathcal K u_j\rangle$.
+and values are integral operators,
+$(\mathcal Q u)(\eta) = \int q(\xi, \eta) u(\xi)\,d\xi$, and scores are $L^2$ inner
+products $\langle \mathcal Q u_i, \mathcal K u_j\rangle$.
 With feature nodes $\xi_a$ and weights $\omega_a$, in the weighted coordinates
-$\tilde u_a = \sqrt{\omega_a}\, u(\xi_a)$ (where $|\tilde u| = \|u\|_{L^2}$) the operators
-become the matrices $\tilde Q_{ba} = \sqrt{\omega_b}\, q(\xi_a, \xi_b) \sqrt{\omega_a}$
+$\tilde u_a = \sqrt{\omega_a}\, u(\xi_a)$ (where $|\tilde u| = \|u\|_{L^2}$) the
+operators become the matrices
+$\tilde Q_{ba} = \sqrt{\omega_b}\, q(\xi_a, \xi_b) \sqrt{\omega_a}$
 (and likewise $\tilde K, \tilde V$), and the discrete model is an ordinary
 `SelfAttention` on `Sphere()`; refining the grid converges (discretisation invariance).
 
 **Gaussian closure** (Castin–Ablin–Carrillo–Peyré). Without normalisation (tokens in
-$\mathbb R^d$), softmax attention maps a Gaussian $N(\mu, \Sigma)$ to the affine velocity
-$v(x) = V(\mu + \Sigma A x)$, $A = \beta K^\top Q$, so Gaussians stay Gaussian with
-$\mu' = V(\mu + \Sigma A \mu)$ and $\Sigma' = V\Sigma A \Sigma + (V\Sigma A\Sigma)^\top$.
+$\mathbb R^d$), softmax attention maps a Gaussian $N(\mu, \Sigma)$ to the affine
+velocity $v(x) = V(\mu + \Sigma A x)$, $A = \beta K^\top Q$, so Gaussians stay Gaussian
+with $\mu' = V(\mu + \Sigma A \mu)$ and
+$\Sigma' = V\Sigma A \Sigma + (V\Sigma A\Sigma)^\top$.
 
 ??? cite
     X.-C. Tai, H. Liu, L. Li, R. H. Chan, *A mathematical explanation of Transformers
@@ -147,14 +150,15 @@ def _operators(kernels, nodes, weights):
 def to_features(
     values: Float[ArrayLike, "*b N"], weights: Float[ArrayLike, " N"]
 ) -> Float[Array, "*b N"]:
-    r"""Function values $u(\xi_a)$ -> weighted coordinates $\sqrt{\omega_a} u(\xi_a)$."""
+    r"""Function values $u(\xi_a)$ -> weighted coordinates
+    $\sqrt{\omega_a} u(\xi_a)$."""
     return jnp.asarray(values) * jnp.sqrt(jnp.asarray(weights))
 
 
 def from_features(
     coords: Float[ArrayLike, "*b N"], weights: Float[ArrayLike, " N"]
 ) -> Float[Array, "*b N"]:
-    """Inverse of `to_features`: weighted coordinates -> function values at the nodes."""
+    """Inverse of `to_features`: weighted coordinates -> values at the nodes."""
     return jnp.asarray(coords) / jnp.sqrt(jnp.asarray(weights))
 
 

@@ -26,9 +26,9 @@ it converges (order 1) to the projected flow on the moving constraint,
 $$\dot u = \sigma_1'\mathbf 1 + \frac{\sigma_2'}{\sigma_2}(u - \sigma_1\mathbf 1)
 + P_u\Big[\mathrm{Attn}(u) + \tfrac12\big(u (W_1 + W_2)^\top + b_1 + b_2\big)\Big],$$
 
-valid where $S_2$ is inactive (all entries positive, e.g. $\sigma_1 > \sqrt{N-1}\,\sigma_2$
-makes $S_1 \subset S_2$); the symmetric (Strang) composition of the two sub-flows with
-second-order sub-steps converges at order 2.
+valid where $S_2$ is inactive (all entries positive; e.g.
+$\sigma_1 > \sqrt{N-1}\,\sigma_2$ makes $S_1 \subset S_2$); the symmetric (Strang)
+composition of the two sub-flows with second-order sub-steps converges at order 2.
 
 ??? cite
     X.-C. Tai, H. Liu, L. Li, R. H. Chan, *A mathematical explanation of
@@ -65,7 +65,8 @@ class MovingLayerNorm(eqx.Module):
     `LayerNormSphere()` (`{mean 0, |z|^2 = N}`). Flows on the moving set are solved in
     the reference coordinate $z$ (`embed` / `reference` convert), so any manifold
     solver keeps $u(t)$ on $S_1(t)$ to round-off. A point fixed in $z$ moves with the
-    set's normal velocity $\sigma_1'\mathbf 1 + (\sigma_2'/\sigma_2)(u - \sigma_1\mathbf 1)$.
+    set's normal velocity
+    $\sigma_1'\mathbf 1 + (\sigma_2'/\sigma_2)(u - \sigma_1\mathbf 1)$.
 
     Methods take the time first and act row-wise on `(..., N)` arrays.
     """
@@ -103,8 +104,9 @@ class MovingLayerNorm(eqx.Module):
         return LayerNormSphere(mean=float(s1), std=float(s2))
 
     def project(self, t, v: Float[ArrayLike, "... N"]) -> Array:
-        r"""LayerNorm onto $S_1(t)$: $\sigma_2 (v - \bar v)/\operatorname{std}(v) + \sigma_1$
-        (population standard deviation, no epsilon)."""
+        r"""LayerNorm onto $S_1(t)$:
+        $\sigma_2 (v - \bar v)/\operatorname{std}(v) + \sigma_1$ (population standard
+        deviation, no epsilon)."""
         v = jnp.asarray(v)
         s1, s2 = self.controls(jnp.asarray(t, v.dtype))
         c = v - jnp.mean(v, axis=-1, keepdims=True)
@@ -113,11 +115,14 @@ class MovingLayerNorm(eqx.Module):
 
     def sq_distance(self, t, v: Float[ArrayLike, "... N"]) -> Array:
         r"""Closed-form squared distance from each row of `v` to $S_1(t)$:
-        $N(\sigma_2 - \operatorname{std} v)^2 + N(\sigma_1 - \operatorname{mean} v)^2$."""
+        $N(\sigma_2 - \operatorname{std} v)^2
+        + N(\sigma_1 - \operatorname{mean} v)^2$."""
         v = jnp.asarray(v)
         s1, s2 = self.controls(jnp.asarray(t, v.dtype))
         N = v.shape[-1]
-        return N * (s2 - jnp.std(v, axis=-1)) ** 2 + N * (s1 - jnp.mean(v, axis=-1)) ** 2
+        return (
+            N * (s2 - jnp.std(v, axis=-1)) ** 2 + N * (s1 - jnp.mean(v, axis=-1)) ** 2
+        )
 
     def to_tangent(self, t, u, v) -> Array:
         """Orthogonal projection of `v` onto the tangent space of $S_1(t)$ at `u`."""
@@ -128,7 +133,8 @@ class MovingLayerNorm(eqx.Module):
         return v0 - _dot(y, v0) * y / _dot(y, y)
 
     def normal_velocity(self, t, u) -> Array:
-        r"""Velocity of the moving set at `u`: $\sigma_1'\mathbf 1 + (\sigma_2'/\sigma_2)(u - \sigma_1\mathbf 1)$."""
+        r"""Velocity of the moving set at `u`:
+        $\sigma_1'\mathbf 1 + (\sigma_2'/\sigma_2)(u - \sigma_1\mathbf 1)$."""
         u = jnp.asarray(u)
         t = jnp.asarray(t, u.dtype)
         s1, s2 = self.controls(t)
@@ -148,12 +154,14 @@ class MovingLayerNorm(eqx.Module):
         return (u - s1) / s2
 
     def violation(self, t, u) -> Array:
-        """Largest constraint error (mean and radius) over the rows of `u` at time `t`."""
+        """Largest constraint error (mean and radius) over the rows of `u` at `t`."""
         u = jnp.asarray(u)
         s1, s2 = self.controls(jnp.asarray(t, u.dtype))
         N = u.shape[-1]
         mean_err = jnp.max(jnp.abs(jnp.mean(u, axis=-1) - s1))
-        norm_err = jnp.max(jnp.abs(safe_norm(u - s1) - s2 * jnp.sqrt(N).astype(u.dtype)))
+        norm_err = jnp.max(
+            jnp.abs(safe_norm(u - s1) - s2 * jnp.sqrt(N).astype(u.dtype))
+        )
         return jnp.maximum(mean_err, norm_err)
 
 
@@ -204,7 +212,9 @@ class TaiTransformer(eqx.Module):
         feedforward: AbstractField,
         constraint: MovingLayerNorm | None = None,
     ):
-        ffn = feedforward.layer(0) if isinstance(feedforward, Layerwise) else feedforward
+        ffn = (
+            feedforward.layer(0) if isinstance(feedforward, Layerwise) else feedforward
+        )
         if not isinstance(ffn, FeedForward):
             raise ValueError(
                 f"`feedforward` must be a `FeedForward` (or `Layerwise` of them); got "
@@ -212,10 +222,13 @@ class TaiTransformer(eqx.Module):
             )
         if ffn.W1.shape[0] != ffn.W1.shape[1]:
             raise ValueError(
-                f"the splitting needs a square `W1` (hidden size = N); got {ffn.W1.shape}."
+                "the splitting needs a square `W1` (hidden size = N); got "
+                f"{ffn.W1.shape}."
             )
         if not isinstance(attention, AbstractField):
-            raise ValueError(f"`attention` must be a field; got {type(attention).__name__}.")
+            raise ValueError(
+                f"`attention` must be a field; got {type(attention).__name__}."
+            )
         self.attention = attention
         self.feedforward = feedforward
         self.constraint = MovingLayerNorm() if constraint is None else constraint
@@ -231,8 +244,8 @@ class TaiTransformer(eqx.Module):
         return f.W1.astype(dt), f.b1.astype(dt), f.W2.astype(dt), f.b2.astype(dt)
 
     def feedforward_velocity(self, t, u) -> Array:
-        r"""$\tfrac12\big(u(W_1 + W_2)^\top + b_1 + b_2\big)$: the feed-forward sub-steps
-        3–5 per unit time where ReLU is inactive."""
+        r"""$\tfrac12\big(u(W_1 + W_2)^\top + b_1 + b_2\big)$: the feed-forward
+        sub-steps 3–5 per unit time where ReLU is inactive."""
         W1, b1, W2, b2 = self._ffn(t, u)
         return 0.5 * (u @ (W1 + W2).T + b1 + b2)
 
@@ -254,7 +267,11 @@ class TaiTransformer(eqx.Module):
     def _z_velocity(self, part: str, t, z) -> Array:
         u = self.constraint.embed(t, z)
         _, s2 = self.constraint.controls(t)
-        a = self.attend(t, u) if part == "attention" else self.feedforward_velocity(t, u)
+        a = (
+            self.attend(t, u)
+            if part == "attention"
+            else self.feedforward_velocity(t, u)
+        )
         return LayerNormSphere().to_tangent(z, a) / s2
 
     def strang_step(self, t, u, h) -> Array:
@@ -310,7 +327,7 @@ class TaiFlow(AbstractField):
         return jnp.unique(jnp.concatenate(jumps)) if jumps else None
 
     def velocity(self, t, u) -> Array:
-        """The velocity in `u` coordinates (tangent part plus the set's normal motion)."""
+        """The velocity in `u` coordinates (tangent part plus the normal motion)."""
         m = self.model
         a = m.attend(t, u) + m.feedforward_velocity(t, u)
         return m.constraint.normal_velocity(t, u) + m.constraint.to_tangent(t, u, a)
@@ -343,7 +360,9 @@ def tai_transformer(
     if scheme not in ("lie", "strang"):
         raise ValueError(f"`scheme` must be 'lie' or 'strang'; got {scheme!r}.")
     if not isinstance(model, TaiTransformer):
-        raise ValueError(f"`model` must be a `TaiTransformer`; got {type(model).__name__}.")
+        raise ValueError(
+            f"`model` must be a `TaiTransformer`; got {type(model).__name__}."
+        )
     if not final:
         if int(num_steps) != num_steps or num_steps < 0:
             raise ValueError(

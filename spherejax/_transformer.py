@@ -9,7 +9,8 @@ flow on `[t_0, t_0 + L h]`:
   the residual stream is not normalised, only the input of each sub-layer is. In
   continuous time $\dot x = A(x/|x|)$, i.e. in polar coordinates $x = r\theta$,
 
-  $$\dot\theta = \tfrac1r P_\theta A(\theta),\qquad \dot r = \langle\theta, A(\theta)\rangle$$
+  $$\dot\theta = \tfrac1r P_\theta A(\theta),\qquad
+  \dot r = \langle\theta, A(\theta)\rangle$$
 
   (Karagodin–Ge–Polyanskiy–Rigollet, 2025), provided as the field `PreLNFlow` on the
   product `RadiusSphere` of a radius and the unit sphere.
@@ -21,8 +22,9 @@ time, each with its own residual connection and normalisation, as in BERT's
 
 ??? cite
     N. Karagodin, S. Ge, Y. Polyanskiy, P. Rigollet, *Normalization in attention
-    dynamics*, NeurIPS 2025, arXiv:2510.22026. B. Geshkovski, C. Letrouit, Y. Polyanskiy, P. Rigollet, *A
-    mathematical perspective on Transformers*, arXiv:2312.10794.
+    dynamics*, NeurIPS 2025, arXiv:2510.22026.
+    B. Geshkovski, C. Letrouit, Y. Polyanskiy, P. Rigollet, *A mathematical
+    perspective on Transformers*, arXiv:2312.10794.
 """
 
 import equinox as eqx
@@ -121,7 +123,9 @@ def transformer(
     if norm not in NORMS:
         raise ValueError(f"unknown `norm` {norm!r}; expected one of {NORMS}.")
     if not isinstance(field, AbstractField):
-        raise ValueError(f"`field` must be a spherejax field; got {type(field).__name__}.")
+        raise ValueError(
+            f"`field` must be a spherejax field; got {type(field).__name__}."
+        )
     if not final:
         if int(num_layers) != num_layers or num_layers < 0:
             raise ValueError(
@@ -135,7 +139,9 @@ def transformer(
     dtype = y0.dtype
     h, t0 = jnp.asarray(h, dtype), jnp.asarray(t0, dtype)
     if final:
-        return _last(field, y0, jnp.asarray(num_layers), h, t0, norm, split, tangent, args)
+        return _last(
+            field, y0, jnp.asarray(num_layers), h, t0, norm, split, tangent, args
+        )
     return _stack(field, y0, num_layers, h, t0, norm, split, tangent, args)
 
 
@@ -191,7 +197,7 @@ class RadiusSphere(AbstractManifold):
     def check_dimension(self, d: int) -> None:
         if d < 2:
             raise ValueError(
-                f"`RadiusSphere` rows are `(r, theta)` with at least 2 entries; got {d}."
+                f"`RadiusSphere` rows are `(r, theta)`, at least 2 entries; got {d}."
             )
 
     def _split(self, x):
@@ -276,7 +282,9 @@ class PreLNFlow(AbstractField):
 
     def __init__(self, field: AbstractField):
         if not isinstance(field, AbstractField):
-            raise ValueError(f"`field` must be a spherejax field; got {type(field).__name__}.")
+            raise ValueError(
+                f"`field` must be a spherejax field; got {type(field).__name__}."
+            )
         if field.manifold != Sphere():
             raise ValueError(
                 f"`PreLNFlow` normalises onto the unit sphere: `field` must live on "
@@ -288,7 +296,9 @@ class PreLNFlow(AbstractField):
 
     def check_tokens(self, y):
         if y.ndim != 2:
-            raise ValueError(f"`y0` must have shape `(n, 1 + d)`; got {tuple(y.shape)}.")
+            raise ValueError(
+                f"`y0` must have shape `(n, 1 + d)`; got {tuple(y.shape)}."
+            )
         self.field.check_tokens(y[:, 1:])
 
     def jump_times(self):
@@ -307,4 +317,3 @@ PreLNFlow.__init__.__doc__ = """**Arguments:**
 - `field`: an attention (or any) field on `Sphere()`; its unprojected value is the
   update `A` added to the residual stream.
 """
-

@@ -13,8 +13,12 @@ import spherejax as sj
 
 def _dop853(y0, rhs, T):
     sol = scipy.integrate.solve_ivp(
-        lambda t, y: rhs(y.reshape(y0.shape)).ravel(), (0.0, T), y0.ravel(),
-        method="DOP853", rtol=1e-13, atol=1e-13,
+        lambda t, y: rhs(y.reshape(y0.shape)).ravel(),
+        (0.0, T),
+        y0.ravel(),
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-13,
     )
     assert sol.success
     return sol.y[:, -1].reshape(y0.shape)
@@ -59,7 +63,9 @@ def test_token_continuum_converges_at_quadrature_rate():
     nums = [8, 16, 32]
     mid = [np.max(np.abs(_token_observables(m, "midpoint")[0] - ref)) for m in nums]
     assert abs(slope(1.0 / np.array(nums), mid) - 2.0) < 0.3, mid
-    gauss = [np.max(np.abs(_token_observables(m, "gauss")[0] - ref)) for m in (4, 8, 12)]
+    gauss = [
+        np.max(np.abs(_token_observables(m, "gauss")[0] - ref)) for m in (4, 8, 12)
+    ]
     # spectral: each refinement gains more than a decade, far beyond second order
     assert gauss[1] < gauss[0] / 30 and gauss[2] < gauss[1] / 30, gauss
     assert gauss[2] < mid[-1] / 100
@@ -109,7 +115,9 @@ def test_feature_continuum_is_discretisation_invariant():
     nums = [8, 16, 32]
     mid = [np.max(np.abs(_feature_observables(m, "midpoint")[0] - ref)) for m in nums]
     assert abs(slope(1.0 / np.array(nums), mid) - 2.0) < 0.3, mid
-    gauss = [np.max(np.abs(_feature_observables(m, "gauss")[0] - ref)) for m in (4, 6, 8)]
+    gauss = [
+        np.max(np.abs(_feature_observables(m, "gauss")[0] - ref)) for m in (4, 6, 8)
+    ]
     assert gauss[2] < 1e-9 and gauss[1] < gauss[0] / 100, gauss
     # the observables are not trivial: tokens moved
     first, _ = _feature_observables(8, "gauss", T=1e-9)
@@ -123,7 +131,9 @@ def test_feature_operator_is_the_integral_operator():
     out = sj.from_features(W @ sj.to_features(jnp.ones(6), w), w)
     np.testing.assert_allclose(out, nodes / 2, atol=1e-14)
     # weighted coordinates carry the L2 norm: int_0^1 y^2 dy = 1/3
-    np.testing.assert_allclose(jnp.sum(sj.to_features(nodes, w) ** 2), 1 / 3, atol=1e-14)
+    np.testing.assert_allclose(
+        jnp.sum(sj.to_features(nodes, w) ** 2), 1 / 3, atol=1e-14
+    )
 
 
 def test_feature_continuum_with_library_solver():
@@ -160,6 +170,8 @@ def test_gaussian_particles_follow_covariance_closure():
     assert np.max(np.abs(xT.mean(axis=0) - np.asarray(means[-1]))) < 0.02
     # with A = 0 the covariance is frozen and the mean
     # grows as exp(tV) mu0
-    means0, covs0 = sj.gaussian_closure(mu0, S0, 0 * Q, K, V, 1.0, jnp.array([0.0, 0.5]))
+    means0, covs0 = sj.gaussian_closure(
+        mu0, S0, 0 * Q, K, V, 1.0, jnp.array([0.0, 0.5])
+    )
     np.testing.assert_allclose(covs0[-1], S0, atol=1e-14)
     np.testing.assert_allclose(means0[-1], scipy.linalg.expm(0.5 * V) @ mu0, atol=1e-10)

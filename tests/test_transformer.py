@@ -1,17 +1,15 @@
 """Transformer stacks as time discretisations; Pre-LN; LayerNorm as a projection onto a
 moving constraint; the Tai–Liu–Li–Chan splitting against a numpy encoder block."""
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.integrate
+from helpers import slope
 
 import spherejax as sj
-
-from helpers import slope
 
 
 # ---------------------------------------------------------------- numpy references
@@ -81,7 +79,11 @@ def np_raw_attention(x, Q, K, V, beta):
 def dop853(rhs, y0, t0, t1):
     sol = scipy.integrate.solve_ivp(
         lambda t, y: np.asarray(rhs(t, y.reshape(y0.shape))).ravel(),
-        (t0, t1), np.ravel(y0), method="DOP853", rtol=1e-12, atol=1e-12,
+        (t0, t1),
+        np.ravel(y0),
+        method="DOP853",
+        rtol=1e-12,
+        atol=1e-12,
     )
     assert sol.success
     return sol.y[:, -1].reshape(y0.shape)
@@ -95,8 +97,12 @@ def layerwise_reference(field, y0, times):
     y = np.asarray(y0)
     for k in range(field.num_layers):
         f = field.layer(k)
-        y = dop853(lambda t, x: _eval(f, jnp.asarray(t), jnp.asarray(x)), y,
-                   float(times[k]), float(times[k + 1]))
+        y = dop853(
+            lambda t, x: _eval(f, jnp.asarray(t), jnp.asarray(x)),
+            y,
+            float(times[k]),
+            float(times[k + 1]),
+        )
     return y
 
 
@@ -110,8 +116,12 @@ def sphere_problem():
     for _ in range(L):
         Q, K, V = (rng.normal(size=(heads, d, d)) / 2 for _ in range(3))
         att = sj.SelfAttention(Q, K, V, 1.0)
-        ffn = sj.FeedForward(rng.normal(size=(d, d)) / 2, rng.normal(size=d) / 2,
-                             rng.normal(size=(d, d)) / 2, rng.normal(size=d) / 2)
+        ffn = sj.FeedForward(
+            rng.normal(size=(d, d)) / 2,
+            rng.normal(size=d) / 2,
+            rng.normal(size=(d, d)) / 2,
+            rng.normal(size=d) / 2,
+        )
         layers.append(sj.Sum(att, ffn))
     field = sj.Layerwise(layers, times)
     x0 = np.asarray(sj.Sphere().project(rng.normal(size=(n, d))))
@@ -125,10 +135,16 @@ def test_post_ln_stack_converges_order_one(sphere_problem, split, tangent):
     field, x0, ref = sphere_problem
     Ls = [16, 32, 64]
     errs = [
-        float(jnp.max(jnp.abs(
-            sj.transformer(field, x0, L, 1.0 / L, split=split, tangent=tangent,
-                           final=True) - ref
-        )))
+        float(
+            jnp.max(
+                jnp.abs(
+                    sj.transformer(
+                        field, x0, L, 1.0 / L, split=split, tangent=tangent, final=True
+                    )
+                    - ref
+                )
+            )
+        )
         for L in Ls
     ]
     assert abs(slope(1.0 / np.array(Ls), errs) - 1.0) < 0.3, errs
@@ -153,33 +169,52 @@ def test_pre_and_none_stacks(sphere_problem):
 
     # Pre-LN in Cartesian coordinates: xdot = A(x / |x|) (numpy field)
     def pre_rhs(t, x):
-        return np_raw_attention(x / np.linalg.norm(x, axis=1, keepdims=True), Q, K, V, beta)
+        return np_raw_attention(
+            x / np.linalg.norm(x, axis=1, keepdims=True), Q, K, V, beta
+        )
 
     ref_pre = dop853(pre_rhs, x0, 0.0, T)
     # the polar ODE on RadiusSphere reproduces it
     flow = sj.PreLNFlow(field)
-    sol = sj.solve(flow, sj.to_polar(x0), T, rtol=1e-11, atol=1e-11,
-                   ts=jnp.linspace(0.0, T, 5))
+    sol = sj.solve(
+        flow, sj.to_polar(x0), T, rtol=1e-11, atol=1e-11, ts=jnp.linspace(0.0, T, 5)
+    )
     assert float(sj.RadiusSphere().violation(sol.ys)) <= 1e-12
     np.testing.assert_allclose(sj.from_polar(sol.ys[-1]), ref_pre, atol=1e-8)
     # the radius changes: the stream is not normalised
     assert float(jnp.max(jnp.abs(sol.ys[-1, :, 0] - 1.0))) > 0.05
 
     Ls = [16, 32, 64]
-    errs = [float(jnp.max(jnp.abs(
-        sj.transformer(field, x0, L, T / L, norm="pre", final=True) - ref_pre)))
-        for L in Ls]
+    errs = [
+        float(
+            jnp.max(
+                jnp.abs(
+                    sj.transformer(field, x0, L, T / L, norm="pre", final=True)
+                    - ref_pre
+                )
+            )
+        )
+        for L in Ls
+    ]
     assert abs(slope(T / np.array(Ls), errs) - 1.0) < 0.3, errs
 
     # no normalisation: explicit Euler on R^d
     eu = sj.SelfAttention(Q, K, V, beta, manifold=sj.Euclidean())
     ref_none = dop853(lambda t, x: np_raw_attention(x, Q, K, V, beta), x0, 0.0, T)
     xs = sj.transformer(eu, x0, 2, 0.5, norm="none")
-    np.testing.assert_allclose(xs[1], x0 + 0.5 * np_raw_attention(x0, Q, K, V, beta),
-                               atol=1e-13)
-    errs = [float(jnp.max(jnp.abs(
-        sj.transformer(eu, x0, L, T / L, norm="none", final=True) - ref_none)))
-        for L in Ls]
+    np.testing.assert_allclose(
+        xs[1], x0 + 0.5 * np_raw_attention(x0, Q, K, V, beta), atol=1e-13
+    )
+    errs = [
+        float(
+            jnp.max(
+                jnp.abs(
+                    sj.transformer(eu, x0, L, T / L, norm="none", final=True) - ref_none
+                )
+            )
+        )
+        for L in Ls
+    ]
     assert abs(slope(T / np.array(Ls), errs) - 1.0) < 0.3, errs
 
 
@@ -224,8 +259,9 @@ def test_post_ln_exponential_vs_pre_ln_polynomial_collapse():
     assert abs(post_rate - 2.0) < 0.1, post_rate
     # Pre-LN: 1 - rho ~ t^{-2}
     ts = jnp.geomspace(30.0, 300.0, 6)
-    sol = sj.solve(sj.PreLNFlow(field), sj.to_polar(x0), 300.0, ts=ts,
-                   rtol=1e-10, atol=1e-14)
+    sol = sj.solve(
+        sj.PreLNFlow(field), sj.to_polar(x0), 300.0, ts=ts, rtol=1e-10, atol=1e-14
+    )
     gap = _one_minus_rho(sol.ys[..., 1:])
     pre_power = -np.polyfit(np.log(np.asarray(ts)), np.log(gap), 1)[0]
     assert abs(pre_power - 2.0) < 0.15, pre_power
@@ -234,17 +270,25 @@ def test_post_ln_exponential_vs_pre_ln_polynomial_collapse():
     assert local[-1] < 0.2 * local[0]
 
 
-# ---------------------------------------------------------------- LayerNorm and ReLU projections
+# ------------------------------------------------ LayerNorm and ReLU projections
 def test_layernorm_projection_is_nearest_point_of_moving_set():
-    con = sj.MovingLayerNorm(mean=lambda t: 0.5 + t**2, std=lambda t: 1.0 + 0.5 * jnp.sin(t))
+    con = sj.MovingLayerNorm(
+        mean=lambda t: 0.5 + t**2, std=lambda t: 1.0 + 0.5 * jnp.sin(t)
+    )
     rng = np.random.default_rng(1)
     N = 6
 
     @jax.jit
     def evaluate(t, v, z):
         p = con.project(t, v)
-        return (p, con.controls(t), con.violation(t, p), con.sq_distance(t, v),
-                con.embed(t, z), con.to_tangent(t, p, v - p))
+        return (
+            p,
+            con.controls(t),
+            con.violation(t, p),
+            con.sq_distance(t, v),
+            con.embed(t, z),
+            con.to_tangent(t, p, v - p),
+        )
 
     for t in (0.0, 0.7, 1.9):
         v = 3 * rng.normal(size=(4, N)) + 1.0
@@ -285,7 +329,7 @@ def test_relu_is_projection_onto_positive_cone():
         assert np.sum((v[i] - p[i]) ** 2) <= np.min(np.sum((v[i] - w) ** 2, axis=1))
 
 
-# ---------------------------------------------------------------- Tai splitting == encoder
+# ------------------------------------------------ Tai splitting == encoder
 def test_tai_splitting_at_h1_equals_numpy_post_ln_encoder():
     rng = np.random.default_rng(4)
     n, N, heads, L = 5, 6, 2, 3
@@ -302,15 +346,21 @@ def test_tai_splitting_at_h1_equals_numpy_post_ln_encoder():
     )
     us = sj.tai_transformer(model, u0, L, 1.0)
     # ReLU actually clips something, so the test exercises the S2 projection
-    u2 = np_layernorm(u0 + np_multihead(u0, *(blocks[0][k] for k in ("Wq", "Wk", "Wv", "Wo")), heads))
+    u2 = np_layernorm(
+        u0 + np_multihead(u0, *(blocks[0][k] for k in ("Wq", "Wk", "Wv", "Wo")), heads)
+    )
     assert np.any(u2 @ blocks[0]["M1"] + blocks[0]["c1"] < 0)
     err = max(np.max(np.abs(np.asarray(us[k]) - expected[k])) for k in range(L + 1))
     assert err < 1e-12, err
     # N steps = N blocks, and the library's post-LN stack (LN after attention and
     # after the MLP, literal residuals) is the same network
     stack = sj.Layerwise(
-        [sj.Sum(*block_to_fields(p, heads, sj.LayerNormSphere(), residual_ffn=False))
-         for p in blocks], times)
+        [
+            sj.Sum(*block_to_fields(p, heads, sj.LayerNormSphere(), residual_ffn=False))
+            for p in blocks
+        ],
+        times,
+    )
     xs = sj.transformer(stack, u0, L, 1.0, split=True, tangent=False)
     err2 = max(np.max(np.abs(np.asarray(xs[k]) - expected[k])) for k in range(1, L + 1))
     assert err2 < 1e-12, err2
@@ -324,14 +374,28 @@ def tai_problem():
     atts, ffns = [], []
     for _ in range(L):
         Q, K = rng.normal(size=(2, heads, N // heads, N)) / 2
-        atts.append(sj.SelfAttention(Q, K, rng.normal(size=(heads, N, N)) / 2,
-                                     1 / np.sqrt(N // heads), manifold=sj.Euclidean()))
-        ffns.append(sj.FeedForward(rng.normal(size=(N, N)) / 2, rng.normal(size=N) / 2,
-                                   rng.normal(size=(N, N)) / 2, rng.normal(size=N) / 2,
-                                   manifold=sj.Euclidean()))
+        atts.append(
+            sj.SelfAttention(
+                Q,
+                K,
+                rng.normal(size=(heads, N, N)) / 2,
+                1 / np.sqrt(N // heads),
+                manifold=sj.Euclidean(),
+            )
+        )
+        ffns.append(
+            sj.FeedForward(
+                rng.normal(size=(N, N)) / 2,
+                rng.normal(size=N) / 2,
+                rng.normal(size=(N, N)) / 2,
+                rng.normal(size=N) / 2,
+                manifold=sj.Euclidean(),
+            )
+        )
     # sigma1 > sqrt(N - 1) sigma2: S1(t) inside {u > 0}, ReLU inactive (smooth limit)
-    con = sj.MovingLayerNorm(mean=lambda t: 3.0 + 0.5 * t,
-                             std=lambda t: 1.0 + 0.2 * jnp.sin(2 * t))
+    con = sj.MovingLayerNorm(
+        mean=lambda t: 3.0 + 0.5 * t, std=lambda t: 1.0 + 0.2 * jnp.sin(2 * t)
+    )
     model = sj.TaiTransformer(sj.Layerwise(atts, times), sj.Layerwise(ffns, times), con)
     u0 = np.asarray(con.project(0.0, rng.normal(size=(n, N))))
     # reference: DOP853 on the u-coordinate velocity (normal motion + tangent part),
@@ -340,8 +404,12 @@ def tai_problem():
     for k in range(L):
         mk = sj.TaiTransformer(atts[k], ffns[k], con).flow()
         vel = eqx.filter_jit(lambda m, t, x: m.velocity(t, x))
-        u = dop853(lambda t, x: vel(mk, jnp.asarray(t), jnp.asarray(x)), u,
-                   times[k], times[k + 1])
+        u = dop853(
+            lambda t, x: vel(mk, jnp.asarray(t), jnp.asarray(x)),
+            u,
+            times[k],
+            times[k + 1],
+        )
     return model, u0, u, T
 
 
@@ -349,7 +417,9 @@ def test_tai_flow_stays_on_moving_constraint(tai_problem):
     model, u0, ref, T = tai_problem
     con = model.constraint
     ts = jnp.linspace(0.0, T, 9)
-    sol = sj.solve(model.flow(), con.reference(0.0, u0), T, ts=ts, rtol=1e-11, atol=1e-12)
+    sol = sj.solve(
+        model.flow(), con.reference(0.0, u0), T, ts=ts, rtol=1e-11, atol=1e-12
+    )
     us = jnp.stack([con.embed(t, z) for t, z in zip(ts, sol.ys)])
     viol = max(float(con.violation(t, u)) for t, u in zip(ts, us))
     assert viol <= 1e-12, viol
