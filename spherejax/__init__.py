@@ -36,3 +36,28 @@ try:
     __version__ = importlib.metadata.version("spherejax")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
+
+from ._continuum import (
+    feature_continuum as feature_continuum,
+    feature_operator as feature_operator,
+    from_features as from_features,
+    gaussian_closure as gaussian_closure,
+    quadrature as quadrature,
+    to_features as to_features,
+    token_continuum as token_continuum,
+)
+from ._tai import (
+    MovingLayerNorm as MovingLayerNorm,
+    TaiFlow as TaiFlow,
+    TaiTransformer as TaiTransformer,
+    relu_projection as relu_projection,
+    tai_transformer as tai_transformer,
+)
+from ._transformer import (
+    PreLNFlow as PreLNFlow,
+    RadiusSphere as RadiusSphere,
+    from_polar as from_polar,
+    to_polar as to_polar,
+    transformer as transformer,
+    unprojected as unprojected,
+)

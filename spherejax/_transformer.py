@@ -1,0 +1,319 @@
+r"""Discrete residual stacks (Transformers) and the Pre-LN flow.
+
+A Transformer with `L` layers and step `h` is a time discretisation of an attention
+flow on `[t_0, t_0 + L h]`:
+
+- **Post-LN** (`norm="post"`): $x_{k+1} = \operatorname{project}(x_k + h F(t_k, x_k))$,
+  the retraction Euler method; first order in `h`.
+- **Pre-LN** (`norm="pre"`): $x_{k+1} = x_k + h A(t_k, \operatorname{project}(x_k))$:
+  the residual stream is not normalised, only the input of each sub-layer is. In
+  continuous time $\dot x = A(x/|x|)$, i.e. in polar coordinates $x = r\theta$,
+
+  $$\dot\theta = \tfrac1r P_\theta A(\theta),\qquad
+  \dot r = \langle\theta, A(\theta)\rangle$$
+
+  (Karagodin–Ge–Polyanskiy–Rigollet, 2025), provided as the field `PreLNFlow` on the
+  product `RadiusSphere` of a radius and the unit sphere.
+- **No normalisation** (`norm="none"`): explicit Euler, $x_{k+1} = x_k + h F(t_k, x_k)$.
+
+With `split=True` a `Sum` field (e.g. attention + feed-forward) is applied one term at a
+time, each with its own residual connection and normalisation, as in BERT's
+`LN(x + Attn x)` then `LN(x + FFN x)`: a Lie–Trotter splitting of the flow of the sum.
+
+??? cite
+    N. Karagodin, S. Ge, Y. Polyanskiy, P. Rigollet, *Normalization in attention
+    dynamics*, NeurIPS 2025, arXiv:2510.22026.
+    B. Geshkovski, C. Letrouit, Y. Polyanskiy, P. Rigollet, *A mathematical
+    perspective on Transformers*, arXiv:2312.10794.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._field import AbstractField, Layerwise, Sum
+from ._manifold import AbstractManifold, Euclidean, Sphere, _dot
+from ._misc import safe_norm
+
+
+NORMS = ("post", "pre", "none")
+
+
+def unprojected(field: AbstractField) -> AbstractField:
+    """The same field with every manifold replaced by `Euclidean()`: its value is the
+    raw update (e.g. $\\sum_j A_{ij} V x_j$) before the tangent projection."""
+    is_manifold = lambda x: isinstance(x, AbstractManifold)
+    return jax.tree.map(
+        lambda x: Euclidean() if is_manifold(x) else x, field, is_leaf=is_manifold
+    )
+
+
+def _sublayers(field: AbstractField, t, split: bool) -> tuple[AbstractField, ...]:
+    """The fields applied in turn at time `t` (one, or the terms of a `Sum`)."""
+    if not split:
+        return (field,)
+    if isinstance(field, Layerwise):
+        field = field.layer(field.index(t))
+    if isinstance(field, Sum):
+        return field.fields
+    return (field,)
+
+
+def transformer(
+    field: AbstractField,
+    y0: Float[ArrayLike, "n d"],
+    num_layers: int,
+    h: ArrayLike,
+    *,
+    norm: str = "post",
+    t0: ArrayLike = 0.0,
+    split: bool = False,
+    tangent: bool = True,
+    final: bool = False,
+    args=None,
+) -> Float[Array, "L1 n d"] | Float[Array, "n d"]:
+    r"""Run a residual stack of `num_layers` layers with step `h`.
+
+    Layer `k` acts at time $t_k = t_0 + k h$ (so a `Layerwise` field with boundaries
+    at multiples of `h` gives each layer its own weights):
+
+    - `norm="post"`: $x_{k+1} = R_{x_k}(h F(t_k, x_k))$ with $R$ the retraction
+      (metric projection) of `field.manifold`: post-LN, the retraction Euler method.
+    - `norm="pre"`: $x_{k+1} = x_k + h \tilde F(t_k, \operatorname{project}(x_k))$
+      with $\tilde F$ the field *before* its tangent projection (`unprojected`):
+      Pre-LN; the stream itself is not normalised.
+    - `norm="none"`: $x_{k+1} = x_k + h F(t_k, x_k)$.
+
+    With `tangent=False`, "post" and "none" use the unprojected field too.
+    With `split=True` and a `Sum` field (possibly inside `Layerwise`), the terms are
+    applied one after the other, each as a full residual sub-layer with its own
+    normalisation (Lie–Trotter splitting).
+
+    **Arguments:**
+
+    - `field`: a spherejax field.
+    - `y0`: input tokens `(n, d)`. For `"post"`, `y0` is returned as given and every
+      later layer lies on the manifold.
+    - `num_layers`: number of layers `L` (static).
+    - `h`: step size (layer weight); `L h` is the depth in time.
+    - `norm`: `"post"`, `"pre"` or `"none"`.
+    - `t0`: time of the first layer.
+    - `split`: apply the terms of a `Sum` field one at a time.
+    - `tangent`: for `"post"` and `"none"`, add the field's tangent velocity (the
+      default, matching the ODE); `False` adds its value before the tangent
+      projection, the literal Transformer residual `x + h Attn(x)` (post-LN then is
+      exactly `LN(x + h Attn(x))`). Both converge to the same flow at order 1.
+    - `final`: return only the last layer. Then `num_layers` may be a traced or
+      varying integer without recompiling (a `while` loop: forward-mode
+      differentiable only); convenient for convergence studies over `L`.
+    - `args`: passed to the field.
+
+    **Returns:** the `L + 1` layer outputs, shape `(num_layers + 1, n, d)`, or with
+    `final=True` the last one, `(n, d)`.
+
+    !!! example
+
+        ```python
+        field = sj.SelfAttention.identity(3, beta=1.0)
+        x0 = sj.Sphere().random(jax.random.PRNGKey(0), (8, 3))
+        xs = sj.transformer(field, x0, num_layers=12, h=0.25)   # (13, 8, 3)
+        ```
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown `norm` {norm!r}; expected one of {NORMS}.")
+    if not isinstance(field, AbstractField):
+        raise ValueError(
+            f"`field` must be a spherejax field; got {type(field).__name__}."
+        )
+    if not final:
+        if int(num_layers) != num_layers or num_layers < 0:
+            raise ValueError(
+                f"`num_layers` must be a non-negative integer; got {num_layers}."
+            )
+        num_layers = int(num_layers)
+    y0 = jnp.asarray(y0)
+    if not jnp.issubdtype(y0.dtype, jnp.floating):
+        y0 = y0.astype(jnp.result_type(float))
+    field.check_tokens(y0)
+    dtype = y0.dtype
+    h, t0 = jnp.asarray(h, dtype), jnp.asarray(t0, dtype)
+    if final:
+        return _last(
+            field, y0, jnp.asarray(num_layers), h, t0, norm, split, tangent, args
+        )
+    return _stack(field, y0, num_layers, h, t0, norm, split, tangent, args)
+
+
+def _layer_fn(field, norm, split, tangent, args, h, t0, dtype):
+    manifold = field.manifold
+    raw = unprojected(field) if (norm == "pre" or not tangent) else field
+
+    def layer(x, k):
+        t = t0 + jnp.asarray(k).astype(dtype) * h
+        for f in _sublayers(raw, t, split):
+            if norm == "post":
+                x = manifold.retract(x, h * f(t, x, args))
+            elif norm == "pre":
+                x = x + h * f(t, manifold.project(x), args)
+            else:
+                x = x + h * f(t, x, args)
+        return x
+
+    return layer
+
+
+@eqx.filter_jit
+def _stack(field, y0, num_layers, h, t0, norm, split, tangent, args):
+    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype)
+
+    def body(x, k):
+        x = layer(x, k)
+        return x, x
+
+    _, ys = jax.lax.scan(body, y0, jnp.arange(num_layers))
+    return jnp.concatenate([y0[None], ys])
+
+
+@eqx.filter_jit
+def _last(field, y0, num_layers, h, t0, norm, split, tangent, args):
+    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype)
+    return jax.lax.fori_loop(0, num_layers, lambda k, x: layer(x, k), y0)
+
+
+class RadiusSphere(AbstractManifold):
+    r"""The product $\mathbb R \times S^{d-1}$ of a radius and the unit sphere.
+
+    A point is a row $(r, \theta) \in \mathbb R^{1+d}$ with $|\theta| = 1$ (the radius
+    first); it stands for $x = r\theta \in \mathbb R^d$ (see `to_polar`,
+    `from_polar`). Tangent vectors are $(\dot r, \dot\theta)$ with
+    $\langle\theta, \dot\theta\rangle = 0$; the metric is the product (flat in `r`).
+    """
+
+    @property
+    def _sphere(self) -> Sphere:
+        return Sphere()
+
+    def check_dimension(self, d: int) -> None:
+        if d < 2:
+            raise ValueError(
+                f"`RadiusSphere` rows are `(r, theta)`, at least 2 entries; got {d}."
+            )
+
+    def _split(self, x):
+        x = jnp.asarray(x)
+        return x[..., :1], x[..., 1:]
+
+    def project(self, x):
+        r, th = self._split(x)
+        return jnp.concatenate([r, self._sphere.project(th)], axis=-1)
+
+    def to_tangent(self, x, v):
+        _, th = self._split(x)
+        vr, vth = self._split(v)
+        return jnp.concatenate([vr, self._sphere.to_tangent(th, vth)], axis=-1)
+
+    def exp(self, x, v):
+        r, th = self._split(x)
+        vr, vth = self._split(v)
+        return jnp.concatenate([r + vr, self._sphere.exp(th, vth)], axis=-1)
+
+    def retract(self, x, v):
+        return self.project(jnp.asarray(x) + jnp.asarray(v))
+
+    def log(self, x, y):
+        r, th = self._split(x)
+        s, ph = self._split(y)
+        return jnp.concatenate([s - r, self._sphere.log(th, ph)], axis=-1)
+
+    def transport(self, x, y, v):
+        _, th = self._split(x)
+        _, ph = self._split(y)
+        vr, vth = self._split(v)
+        return jnp.concatenate([vr, self._sphere.transport(th, ph, vth)], axis=-1)
+
+    def violation(self, x):
+        _, th = self._split(x)
+        return self._sphere.violation(th)
+
+    def random(self, key, shape, dtype=None):
+        x = super().random(key, shape, dtype)
+        return x.at[..., 0].set(1.0)
+
+
+RadiusSphere.__init__.__doc__ = """**Arguments:** None"""
+
+
+def to_polar(x: Float[ArrayLike, "*b d"]) -> Float[Array, "*b d1"]:
+    """`x = r theta` -> rows `(r, theta)` on `RadiusSphere` (`r = |x|`)."""
+    x = jnp.asarray(x)
+    r = safe_norm(x, keepdims=True)
+    return jnp.concatenate([r, x / r], axis=-1)
+
+
+def from_polar(y: Float[ArrayLike, "*b d1"]) -> Float[Array, "*b d"]:
+    """Rows `(r, theta)` -> `x = r theta`."""
+    y = jnp.asarray(y)
+    return y[..., :1] * y[..., 1:]
+
+
+class PreLNFlow(AbstractField):
+    r"""The continuous-time Pre-LN Transformer (Karagodin–Ge–Polyanskiy–Rigollet, 2025).
+
+    The residual stream $x = r\theta$ follows $\dot x = A(t, \theta)$ where $A$ is the
+    wrapped field *before* its tangent projection (e.g.
+    $A_i = \sum_j A_{ij} V\theta_j$); in polar coordinates on `RadiusSphere`:
+
+    $$\dot\theta_i = \frac{1}{r_i} P_{\theta_i} A_i(t, \theta),\qquad
+    \dot r_i = \langle \theta_i, A_i(t, \theta)\rangle.$$
+
+    Since $\dot r \approx 1$ near consensus (with `V = I`), the angular speed decays
+    like $1/t$ and clustering is polynomial, $1 - \rho \sim t^{-2}$, instead of the
+    exponential $e^{-2t}$ of Post-LN.
+
+    ??? cite
+        N. Karagodin, S. Ge, Y. Polyanskiy, P. Rigollet, *Normalization in attention
+        dynamics*, NeurIPS 2025, arXiv:2510.22026.
+    """
+
+    field: AbstractField
+    raw: AbstractField
+    manifold: RadiusSphere
+
+    def __init__(self, field: AbstractField):
+        if not isinstance(field, AbstractField):
+            raise ValueError(
+                f"`field` must be a spherejax field; got {type(field).__name__}."
+            )
+        if field.manifold != Sphere():
+            raise ValueError(
+                f"`PreLNFlow` normalises onto the unit sphere: `field` must live on "
+                f"`Sphere()`; got {field.manifold}."
+            )
+        self.field = field
+        self.raw = unprojected(field)
+        self.manifold = RadiusSphere()
+
+    def check_tokens(self, y):
+        if y.ndim != 2:
+            raise ValueError(
+                f"`y0` must have shape `(n, 1 + d)`; got {tuple(y.shape)}."
+            )
+        self.field.check_tokens(y[:, 1:])
+
+    def jump_times(self):
+        return self.field.jump_times()
+
+    def __call__(self, t, y, args=None):
+        r, theta = y[..., :1], y[..., 1:]
+        a = self.raw(t, theta, args)
+        dr = _dot(theta, a)
+        dtheta = (a - dr * theta) / r
+        return jnp.concatenate([dr, dtheta], axis=-1)
+
+
+PreLNFlow.__init__.__doc__ = """**Arguments:**
+
+- `field`: an attention (or any) field on `Sphere()`; its unprojected value is the
+  update `A` added to the residual stream.
+"""
