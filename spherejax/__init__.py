@@ -36,3 +36,11 @@ try:
     __version__ = importlib.metadata.version("spherejax")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
+
+from ._sharding import (
+    TokenSharded as TokenSharded,
+    make_mesh as make_mesh,
+    shard_ensemble as shard_ensemble,
+    shard_tokens as shard_tokens,
+    sharded_solve as sharded_solve,
+)

@@ -267,7 +267,8 @@ def blocked(
     `(nq, e)` (attention outputs summed over heads) or `(nq, h)` (`"lse"`, `"top"`).
     """
     nq, nk = qx.shape[0], kx.shape[0]
-    c = int(chunk_size)
+    c = min(int(chunk_size), nk)  # key block
+    cq = min(int(chunk_size), nq)  # query block
     if kidx is None:
         kidx = jnp.arange(nk)
     keys = (
@@ -278,7 +279,7 @@ def blocked(
         _split(col, c),
     )
     fn = functools.partial(_key_pass, beta=beta, causal=causal, mode=mode)
-    queries = (_split(qx, c), _split(qidx, c), _split(row, c))
+    queries = (_split(qx, cq), _split(qidx, cq), _split(row, cq))
     out = jax.lax.map(jax.checkpoint(lambda qb: fn(qb, keys)), queries)
     return out.reshape(-1, *out.shape[2:])[:nq]
 
@@ -304,11 +305,12 @@ def attend_rows(
     normalization: str = "softmax",
     causal: bool = False,
     log_weights: Float[Array, " n"] | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
 ) -> Float[Array, "nq d"]:
     """`attend` for a subset of query rows `xq` (global indices `qidx`) against all
-    tokens `x`, blocked with `chunk_size`; row-local normalisations only (used by
-    the token-sharded field, where each device owns some queries)."""
+    tokens `x`, blocked with `chunk_size` (`None`: one block); row-local
+    normalisations only (used by the token-sharded field, where each device owns
+    some queries)."""
     if normalization not in ("softmax", "unnormalized", "hardmax"):
         raise ValueError(f"row-local normalization expected; got {normalization!r}.")
     n = x.shape[0]
@@ -317,7 +319,7 @@ def attend_rows(
     qx = jnp.einsum("hkd,nd->nhk", Q, xq)
     _, kx, vals = _project(x, Q, K, V)
     col = jnp.broadcast_to(log_w[:, None], (n, h))
-    kw = dict(causal=causal, chunk_size=chunk_size)
+    kw = dict(causal=causal, chunk_size=n if chunk_size is None else chunk_size)
     if normalization == "hardmax":
         zeros = jnp.zeros(qx.shape[:2], x.dtype)
         top = blocked(qx, qidx, zeros, kx, vals, col, beta, mode="top", **kw)
