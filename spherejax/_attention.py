@@ -20,12 +20,14 @@ row/column log-sum-exps for each Sinkhorn iteration. Reverse mode recomputes the
 score blocks (`jax.checkpoint` inside `lax.scan`), so gradients need `O(n d)` memory
 as well (plus `O(iters n)` for the Sinkhorn potentials).
 
-**`jax.nn.dot_product_attention`.** Dense (`chunk_size=None`) softmax attention in
-float32 or lower precision goes through `jax.nn.dot_product_attention` (its XLA
-implementation on every backend in jax 0.10; this is the entry point for fused
-kernels). Float64, the other normalisations and chunked evaluation use the code
-below: `dot_product_attention` always computes its softmax in float32, which would
-lose float64 accuracy.
+**`jax.nn.dot_product_attention`.** On GPU/TPU backends, dense (`chunk_size=None`)
+softmax attention in float32 or lower precision goes through
+`jax.nn.dot_product_attention` (the entry point for fused attention kernels; in
+jax 0.10 it picks its XLA implementation unless told otherwise). It is not used
+on CPU, where that XLA implementation measured 2x slower than the code below
+(`benchmarks/field_throughput.py`), nor for float64 (it always computes its
+softmax in float32, which would lose float64 accuracy), nor for the other
+normalisations or chunked evaluation. `uses_dot_product_attention` says which.
 """
 
 import functools
@@ -363,14 +365,24 @@ def _log_weights(n: int, dtype, log_weights) -> Array:
     return jnp.asarray(log_weights, dtype)
 
 
+def _dpa_backend() -> bool:
+    # On CPU the XLA implementation of `dot_product_attention` measured 2x slower
+    # than the code below (benchmarks/field_throughput.py), so it is used on
+    # accelerators only.
+    return _FORCE_DPA or jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+
+
+_FORCE_DPA = False  # tests and benchmarks flip this to exercise the route on CPU
+
+
 def uses_dot_product_attention(
     dtype, normalization: str, chunk_size: int | None, n: int
 ) -> bool:
     """Whether `attend` routes through `jax.nn.dot_product_attention`: dense
-    softmax attention in float32 or lower precision."""
+    softmax attention in float32 or lower precision on a GPU/TPU backend."""
     dense = chunk_size is None or chunk_size >= n
     low = jnp.finfo(dtype).bits <= 32
-    return normalization == "softmax" and dense and low
+    return normalization == "softmax" and dense and low and _dpa_backend()
 
 
 def _dot_product_attention(x, Q, K, V, beta, log_weights, causal):
@@ -444,6 +456,21 @@ def attend(
             chunk_size=chunk_size,
         )
     values = jnp.einsum("hed,nd->hne", V, x)  # V_h x_j, shape (h, n, d)
+    if normalization in ("softmax", "unnormalized"):
+        # exp(logits - max) @ values, normalised afterwards (n x d divisions, not n x n)
+        s = scores(x, x, Q, K)
+        logits = beta * s + log_w
+        mask = _mask(jnp.arange(n), n, causal)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.asarray(-jnp.inf, x.dtype))
+        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        p = jnp.exp(logits - m)
+        out = jnp.einsum("hij,hje->hie", p, values)
+        if normalization == "softmax":
+            out = out / jnp.sum(p, axis=-1, keepdims=True)
+        else:
+            out = out * jnp.exp(m)
+        return jnp.sum(out, axis=0)
     if normalization == "sinkhorn":
         A = attention_matrix(
             x, Q, K, beta, normalization="sinkhorn", log_weights=log_w,

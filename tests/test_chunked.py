@@ -8,6 +8,7 @@ import pytest
 from helpers import np_attention_velocity
 
 import spherejax as sj
+from spherejax import _attention
 from spherejax._attention import attend, uses_dot_product_attention
 
 
@@ -108,7 +109,12 @@ def test_backward_memory_is_linear_in_n():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_float32_softmax_routes_through_dot_product_attention(causal, getkey):
+def test_float32_softmax_routes_through_dot_product_attention(causal, getkey, monkeypatch):
+    # the route is taken on GPU/TPU; force it here to check it on CPU
+    assert not uses_dot_product_attention(jnp.float32, "softmax", None, N) or (
+        jax.default_backend() != "cpu"
+    )
+    monkeypatch.setattr(_attention, "_FORCE_DPA", True)
     x, Q, K, V, w = _problem(getkey)
     assert uses_dot_product_attention(jnp.float32, "softmax", None, N)
     assert not uses_dot_product_attention(jnp.float64, "softmax", None, N)
