@@ -12,6 +12,7 @@ process: Python, jax runtime, compiled code and buffers) and its run time:
 - `grad_compiled`: XLA's compiled memory analysis (temporary buffers, not run)
   of `jax.grad` of a scalar of the field output with respect to beta and V, at
   n = 65,536: the backward pass recomputes score blocks;
+- `grad`: the same gradient, run (peak RSS of forward + backward);
 - `dense_field_8192` / `chunked_field_8192`: the dense and chunked field at
   n = 8192, to show what the dense path costs.
 
@@ -64,7 +65,7 @@ def child(config: str):
         y1 = jax.block_until_ready(sol.ys[-1])
         out["num_steps"] = int(sol.stats["num_steps"])
         out["violation"] = float(sj.Sphere().violation(y1))
-    elif config == "grad_compiled":
+    elif config in ("grad_compiled", "grad"):
         def loss(beta, V):
             f = sj.SelfAttention(Q, K, V, beta, chunk_size=CHUNK)
             return jnp.sum(jnp.sin(f(0.0, x)))
@@ -72,6 +73,9 @@ def child(config: str):
         compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
             jnp.float32(1.0), V).compile()
         mem = compiled.memory_analysis()
+        if config == "grad":
+            g_beta, _ = jax.block_until_ready(compiled(jnp.float32(1.0), V))
+            out["grad_beta"] = float(g_beta)
         out["temp_mb"] = mem.temp_size_in_bytes / 2**20
         out["argument_mb"] = mem.argument_size_in_bytes / 2**20
         out["output_mb"] = mem.output_size_in_bytes / 2**20
@@ -89,8 +93,10 @@ def main():
     print(header("memory"))
     print(f"dense (n, n) float32 array at n={N}: {N * N * 4 / 1e9:.1f} GB; "
           f"at n=8192: {8192 * 8192 * 4 / 1e6:.0f} MB")
-    configs = ["baseline", "field", "step", "grad_compiled", "dense_field_8192",
+    configs = ["baseline", "field", "step", "grad_compiled", "grad", "dense_field_8192",
                "chunked_field_8192"]
+    if len(sys.argv) > 2:  # python memory.py --only grad field ...
+        configs = sys.argv[2:]
     for config in configs:
         proc = subprocess.run([sys.executable, __file__, config], capture_output=True,
                               text=True)
@@ -102,7 +108,7 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
+    if len(sys.argv) > 1 and sys.argv[1] != "--only":
         child(sys.argv[1])
     else:
         main()
