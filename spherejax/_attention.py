@@ -430,7 +430,8 @@ def attend(
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(
-            f"unknown `normalization` {normalization!r}; expected one of {NORMALIZATIONS}."
+            f"unknown `normalization` {normalization!r}; "
+            f"expected one of {NORMALIZATIONS}."
         )
     if causal and normalization == "sinkhorn":
         raise ValueError("`normalization='sinkhorn'` cannot be combined with `causal`.")

@@ -50,7 +50,9 @@ def _axis(mesh: Mesh, axis: str | None) -> str:
             raise ValueError(f"pass `axis=`; the mesh has axes {mesh.axis_names}.")
         return mesh.axis_names[0]
     if axis not in mesh.axis_names:
-        raise ValueError(f"`axis` {axis!r} is not an axis of the mesh {mesh.axis_names}.")
+        raise ValueError(
+            f"`axis` {axis!r} is not an axis of the mesh {mesh.axis_names}."
+        )
     return axis
 
 
