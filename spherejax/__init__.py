@@ -61,3 +61,10 @@ from ._transformer import (
     transformer as transformer,
     unprojected as unprojected,
 )
+from ._sharding import (
+    TokenSharded as TokenSharded,
+    make_mesh as make_mesh,
+    shard_ensemble as shard_ensemble,
+    shard_tokens as shard_tokens,
+    sharded_solve as sharded_solve,
+)

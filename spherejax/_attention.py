@@ -12,7 +12,25 @@ normalisations of DESIGN §1a turn the kernel into the attention matrix `A`:
   by log-domain Sinkhorn iterations (Sander et al., *Sinkformers*, 2022);
 - `"hardmax"` ($\beta \to \infty$): uniform weight (`w`-weighted) on the argmax set
   of $j \mapsto \langle Q x_i, K x_j\rangle$.
+
+**Memory.** `attend(..., chunk_size=c)` never forms more than `c x c` scores per
+head at once (every normalisation): an online log-sum-exp over key blocks for
+softmax/unnormalized, two passes (row max, then weights) for hardmax, and blockwise
+row/column log-sum-exps for each Sinkhorn iteration. Reverse mode recomputes the
+score blocks (`jax.checkpoint` inside `lax.scan`), so gradients need `O(n d)` memory
+as well (plus `O(iters n)` for the Sinkhorn potentials).
+
+**`jax.nn.dot_product_attention`.** On GPU/TPU backends, dense (`chunk_size=None`)
+softmax attention in float32 or lower precision goes through
+`jax.nn.dot_product_attention` (the entry point for fused attention kernels; in
+jax 0.10 it picks its XLA implementation unless told otherwise). It is not used
+on CPU, where that XLA implementation measured 2x slower than the code below
+(`benchmarks/field_throughput.py`), nor for float64 (it always computes its
+softmax in float32, which would lose float64 accuracy), nor for the other
+normalisations or chunked evaluation. `uses_dot_product_attention` says which.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -127,6 +145,267 @@ def attention_matrix(
     return jnp.exp(logits + f[:, :, None] + (g + log_w)[:, None, :])
 
 
+
+# ---------------------------------------------------------------------------
+# Chunked (blocked) evaluation.
+#
+# Tokens are split into blocks of `chunk_size` rows. For every query block a
+# `lax.scan` runs over the key blocks and keeps online statistics (running max `m`,
+# running normaliser `l`, running accumulator `acc`), so one step holds
+# `h x c x c` scores. Query blocks run one after another (`lax.map`). Both the
+# per-query-block function and the per-key-block scan body are under
+# `jax.checkpoint`: reverse mode saves only scan carries (`O(c h d)` per key
+# block, `O(n h d)` for the query block being differentiated) and recomputes the
+# scores, so the backward pass needs `O(n d)` memory too, never an `n x n` array.
+#
+# The running max is a pure shift (the result does not depend on it), so it is
+# held under `stop_gradient`: gradients are exactly those of the dense formula.
+# ---------------------------------------------------------------------------
+
+
+def _split(a: Array, c: int) -> Array:
+    """Zero-pad the leading (token) axis to a multiple of `c`; shape `(nb, c, ...)`."""
+    n = a.shape[0]
+    nb = -(-n // c)
+    pad = nb * c - n
+    if pad:
+        a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+    return a.reshape(nb, c, *a.shape[1:])
+
+
+def _key_pass(qb, keys, *, beta, causal: bool, mode: str):
+    """One query block against every key block (a scan over key blocks).
+
+    `qb = (qx (c, h, k), qidx (c,), row (c, h))` and `keys = (kx (nb, c, h, k),
+    kidx (nb, c), kvalid (nb, c), vals (nb, c, h, e), col (nb, c, h))`. `row` is a
+    per-query logit offset (modes `"softmax"`, `"unnormalized"`, `"lse"`) or the
+    hardmax threshold (mode `"hardmax"`); `col` a per-key logit offset
+    (log-weights, Sinkhorn potentials). Returns `(c, e)` summed over heads, or
+    `(c, h)` for modes `"lse"` and `"top"`.
+    """
+    qx, qidx, row = qb
+    dtype = qx.dtype
+    c, h = qx.shape[0], qx.shape[1]
+    e = keys[3].shape[-1]
+    zero = jnp.zeros((), dtype)
+    neg_inf = jnp.asarray(-jnp.inf, dtype)
+    row_t = row.T  # (h, c)
+
+    def block_scores(kb):
+        kx, kidx, kvalid, _, col = kb
+        s = jnp.einsum("qhk,chk->hqc", qx, kx)
+        valid = kvalid[None, :]
+        if causal:
+            valid = valid & (qidx[:, None] >= kidx[None, :])
+        return s, valid, col.T[:, None, :]  # (h, c, c), (c, c), (h, 1, c)
+
+    if mode == "top":  # running max of the raw scores (hardmax, first pass)
+
+        def body(top, kb):
+            s, valid, _ = block_scores(kb)
+            return jnp.maximum(top, jnp.max(jnp.where(valid, s, neg_inf), -1)), None
+
+        top, _ = jax.lax.scan(jax.checkpoint(body), jnp.full((h, c), neg_inf), keys)
+        return top.T
+
+    if mode == "hardmax":  # weights w_j on {j : s_ij >= threshold_i} (second pass)
+
+        def body(carry, kb):
+            wsum, acc = carry
+            s, valid, col = block_scores(kb)
+            wts = jnp.where(valid & (s >= row_t[:, :, None]), jnp.exp(col), zero)
+            acc = acc + jnp.einsum("hqc,che->hqe", wts, kb[3])
+            return (wsum + jnp.sum(wts, -1), acc), None
+
+        init = (jnp.zeros((h, c), dtype), jnp.zeros((h, c, e), dtype))
+        (wsum, acc), _ = jax.lax.scan(jax.checkpoint(body), init, keys)
+        wsum = jnp.where(wsum > 0, wsum, jnp.ones((), dtype))
+        return jnp.sum(acc / wsum[:, :, None], 0)
+
+    def body(carry, kb):
+        m, l, acc = carry
+        s, valid, col = block_scores(kb)
+        logits = jnp.where(valid, beta * s + col + row_t[:, :, None], neg_inf)
+        m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(logits, -1)))
+        shift = jnp.where(jnp.isfinite(m_new), m_new, zero)
+        p = jnp.exp(logits - shift[:, :, None])
+        rescale = jnp.exp(m - shift)  # 0 while m = -inf
+        l = rescale * l + jnp.sum(p, -1)
+        if mode != "lse":
+            acc = rescale[:, :, None] * acc + jnp.einsum("hqc,che->hqe", p, kb[3])
+        return (m_new, l, acc), None
+
+    acc0 = jnp.zeros((h, c, e) if mode != "lse" else (h, c, 0), dtype)
+    init = (jnp.full((h, c), neg_inf), jnp.zeros((h, c), dtype), acc0)
+    (m, l, acc), _ = jax.lax.scan(jax.checkpoint(body), init, keys)
+    shift = jnp.where(jnp.isfinite(m), m, zero)
+    if mode == "lse":
+        return (shift + jnp.log(l)).T
+    if mode == "softmax":
+        l = jnp.where(l > 0, l, jnp.ones((), dtype))
+        return jnp.sum(acc / l[:, :, None], 0)
+    if mode == "unnormalized":
+        return jnp.sum(jnp.exp(shift)[:, :, None] * acc, 0)
+    raise ValueError(f"unknown mode {mode!r}.")
+
+
+def blocked(
+    qx: Float[Array, "nq h k"],
+    qidx: Array,
+    row: Float[Array, "nq h"],
+    kx: Float[Array, "nk h k"],
+    vals: Float[Array, "nk h e"],
+    col: Float[Array, "nk h"],
+    beta: Array,
+    *,
+    causal: bool,
+    mode: str,
+    chunk_size: int,
+    kidx: Array | None = None,
+) -> Array:
+    """Blocked evaluation of one `mode` (see `_key_pass`) for the queries `qx`
+    (global token indices `qidx`, used by the causal mask) against the keys `kx`
+    (indices `kidx`, default `arange(nk)`), `chunk_size` rows per block. Returns
+    `(nq, e)` (attention outputs summed over heads) or `(nq, h)` (`"lse"`, `"top"`).
+    """
+    nq, nk = qx.shape[0], kx.shape[0]
+    c = min(int(chunk_size), nk)  # key block
+    cq = min(int(chunk_size), nq)  # query block
+    if kidx is None:
+        kidx = jnp.arange(nk)
+    keys = (
+        _split(kx, c),
+        _split(kidx, c),
+        _split(jnp.ones((nk,), bool), c),  # False on padding
+        _split(vals, c),
+        _split(col, c),
+    )
+    fn = functools.partial(_key_pass, beta=beta, causal=causal, mode=mode)
+    queries = (_split(qx, cq), _split(qidx, cq), _split(row, cq))
+    out = jax.lax.map(jax.checkpoint(lambda qb: fn(qb, keys)), queries)
+    return out.reshape(-1, *out.shape[2:])[:nq]
+
+
+def _project(x, Q, K, V):
+    """Token-major projections `Q_h x`, `K_h x` (n, h, k) and `V_h x` (n, h, d)."""
+    return (
+        jnp.einsum("hkd,nd->nhk", Q, x),
+        jnp.einsum("hkd,nd->nhk", K, x),
+        jnp.einsum("hed,nd->nhe", V, x),
+    )
+
+
+def attend_rows(
+    xq: Float[Array, "nq d"],
+    qidx: Array,
+    x: Float[Array, "n d"],
+    Q: Float[Array, "h k d"],
+    K: Float[Array, "h k d"],
+    V: Float[Array, "h d d"],
+    beta: Array,
+    *,
+    normalization: str = "softmax",
+    causal: bool = False,
+    log_weights: Float[Array, " n"] | None = None,
+    chunk_size: int | None = None,
+) -> Float[Array, "nq d"]:
+    """`attend` for a subset of query rows `xq` (global indices `qidx`) against all
+    tokens `x`, blocked with `chunk_size` (`None`: one block); row-local
+    normalisations only (used by the token-sharded field, where each device owns
+    some queries)."""
+    if normalization not in ("softmax", "unnormalized", "hardmax"):
+        raise ValueError(f"row-local normalization expected; got {normalization!r}.")
+    n = x.shape[0]
+    log_w = _log_weights(n, x.dtype, log_weights)
+    h = Q.shape[0]
+    qx = jnp.einsum("hkd,nd->nhk", Q, xq)
+    _, kx, vals = _project(x, Q, K, V)
+    col = jnp.broadcast_to(log_w[:, None], (n, h))
+    kw = dict(causal=causal, chunk_size=n if chunk_size is None else chunk_size)
+    if normalization == "hardmax":
+        zeros = jnp.zeros(qx.shape[:2], x.dtype)
+        top = blocked(qx, qidx, zeros, kx, vals, col, beta, mode="top", **kw)
+        top = jax.lax.stop_gradient(top)
+        thr = top - 64 * jnp.finfo(x.dtype).eps * (1 + jnp.abs(top))
+        return blocked(qx, qidx, thr, kx, vals, col, beta, mode="hardmax", **kw)
+    zeros = jnp.zeros(qx.shape[:2], x.dtype)
+    return blocked(qx, qidx, zeros, kx, vals, col, beta, mode=normalization, **kw)
+
+
+def _sinkhorn_chunked(x, Q, K, V, beta, log_w, iters, chunk_size):
+    n = x.shape[0]
+    h = Q.shape[0]
+    qx, kx, vals = _project(x, Q, K, V)
+    lw = jnp.broadcast_to(log_w[:, None], (n, h))
+    idx = jnp.arange(n)
+    zeros = jnp.zeros((n, h), x.dtype)
+    kw = dict(causal=False, chunk_size=chunk_size)
+    none = jnp.zeros((n, h, 0), x.dtype)
+
+    def row(g):  # f_i = -LSE_j(beta s_ij + g_j + log w_j)
+        return -blocked(qx, idx, zeros, kx, none, g + lw, beta, mode="lse", **kw)
+
+    def col(f):  # g_j = -LSE_i(beta s_ij + f_i + log w_i): keys act as queries
+        return -blocked(kx, idx, zeros, qx, none, f + lw, beta, mode="lse", **kw)
+
+    def body(_, fg):
+        f, g = fg
+        g = col(f)
+        return row(g), g
+
+    f0 = row(zeros)
+    _, g = jax.lax.fori_loop(0, iters, body, (f0, zeros))
+    # the last update is the row one, so A_ij = softmax_j(beta s_ij + g_j + log w_j)
+    return blocked(qx, idx, zeros, kx, vals, g + lw, beta, mode="softmax", **kw)
+
+
+def _log_weights(n: int, dtype, log_weights) -> Array:
+    if log_weights is None:
+        return jnp.full((n,), -jnp.log(n), dtype)
+    return jnp.asarray(log_weights, dtype)
+
+
+def _dpa_backend() -> bool:
+    # On CPU the XLA implementation of `dot_product_attention` measured 2x slower
+    # than the code below (benchmarks/field_throughput.py), so it is used on
+    # accelerators only.
+    return _FORCE_DPA or jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+
+
+_FORCE_DPA = False  # tests and benchmarks flip this to exercise the route on CPU
+
+
+def uses_dot_product_attention(
+    dtype, normalization: str, chunk_size: int | None, n: int
+) -> bool:
+    """Whether `attend` routes through `jax.nn.dot_product_attention`: dense
+    softmax attention in float32 or lower precision on a GPU/TPU backend."""
+    dense = chunk_size is None or chunk_size >= n
+    low = jnp.finfo(dtype).bits <= 32
+    return normalization == "softmax" and dense and low and _dpa_backend()
+
+
+def _dot_product_attention(x, Q, K, V, beta, log_weights, causal):
+    qx, kx, vals = _project(x, Q, K, V)
+    k, e = qx.shape[-1], vals.shape[-1]
+    size = max(k, e)  # one head size for q, k, v: zero-padding changes nothing
+
+    def pad(a):
+        width = size - a.shape[-1]
+        return a if width == 0 else jnp.pad(a, ((0, 0), (0, 0), (0, width)))
+
+    bias = None if log_weights is None else log_weights[None, None, None, :]
+    out = jax.nn.dot_product_attention(
+        pad(qx)[None],
+        pad(kx)[None],
+        pad(vals)[None],
+        bias=bias,
+        scale=beta,
+        is_causal=causal,
+    )
+    return jnp.sum(out[0, :, :, :e], axis=1)
+
+
 def attend(
     x: Float[Array, "n d"],
     Q: Float[Array, "h k d"],
@@ -142,44 +421,63 @@ def attend(
 ) -> Float[Array, "n d"]:
     r"""$\sum_h \sum_j A^h_{ij} V_h x_j$ for every token `i` (not yet projected).
 
-    With `chunk_size`, queries are processed in blocks of `chunk_size` rows under
-    `jax.checkpoint`, so at most `chunk_size x n` scores per head exist at once,
-    in the forward and in the backward pass.
+    Without `chunk_size` (or with `chunk_size >= n`) the `(h, n, n)` scores are
+    formed at once; float32 softmax then runs through `jax.nn.dot_product_attention`
+    (see the module docstring). With `chunk_size = c < n`, every normalisation is
+    evaluated in `c x c` blocks with online log-sum-exps over key blocks, in the
+    forward and (by recomputation) in the backward pass: memory `O(n d + c^2 h)`.
+    Results equal the dense ones up to rounding.
     """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"unknown `normalization` {normalization!r}; "
+            f"expected one of {NORMALIZATIONS}."
+        )
+    if causal and normalization == "sinkhorn":
+        raise ValueError("`normalization='sinkhorn'` cannot be combined with `causal`.")
     n = x.shape[0]
-    log_w = (
-        jnp.full((n,), -jnp.log(n), x.dtype) if log_weights is None else log_weights
-    )
-    values = jnp.einsum("hed,nd->hne", V, x)  # V_h x_j, shape (h, n, d)
-    if normalization == "sinkhorn":
-        if chunk_size is not None:
-            raise ValueError(
-                "`chunk_size` is not supported with `normalization='sinkhorn'` yet."
-            )
-        A = attention_matrix(
+    chunked = chunk_size is not None and chunk_size < n
+    if uses_dot_product_attention(x.dtype, normalization, chunk_size, n):
+        return _dot_product_attention(x, Q, K, V, beta, log_weights, causal)
+    log_w = _log_weights(n, x.dtype, log_weights)
+    if chunked and normalization == "sinkhorn":
+        return _sinkhorn_chunked(x, Q, K, V, beta, log_w, sinkhorn_iters, chunk_size)
+    if chunked:
+        return attend_rows(
+            x,
+            jnp.arange(n),
             x,
             Q,
             K,
+            V,
             beta,
-            normalization="sinkhorn",
+            normalization=normalization,
             causal=causal,
             log_weights=log_w,
+            chunk_size=chunk_size,
+        )
+    values = jnp.einsum("hed,nd->hne", V, x)  # V_h x_j, shape (h, n, d)
+    if normalization in ("softmax", "unnormalized"):
+        # exp(logits - max) @ values, normalised afterwards (n x d divisions, not n x n)
+        s = scores(x, x, Q, K)
+        logits = beta * s + log_w
+        mask = _mask(jnp.arange(n), n, causal)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.asarray(-jnp.inf, x.dtype))
+        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        p = jnp.exp(logits - m)
+        out = jnp.einsum("hij,hje->hie", p, values)
+        if normalization == "softmax":
+            out = out / jnp.sum(p, axis=-1, keepdims=True)
+        else:
+            out = out * jnp.exp(m)
+        return jnp.sum(out, axis=0)
+    if normalization == "sinkhorn":
+        A = attention_matrix(
+            x, Q, K, beta, normalization="sinkhorn", log_weights=log_w,
             sinkhorn_iters=sinkhorn_iters,
         )
-        return jnp.einsum("hij,hje->ie", A, values)
-
-    def block(xq, qidx):
-        s = scores(xq, x, Q, K)
-        A = _row_weights(s, beta, log_w, _mask(qidx, n, causal), normalization)
-        return jnp.einsum("hij,hje->ie", A, values)
-
-    if chunk_size is None or chunk_size >= n:
-        return block(x, jnp.arange(n))
-    nb = -(-n // chunk_size)
-    pad = nb * chunk_size - n
-    xq = jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)]).reshape(
-        nb, chunk_size, -1
-    )
-    qidx = jnp.arange(nb * chunk_size).reshape(nb, chunk_size)
-    out = jax.lax.map(lambda a: jax.checkpoint(block)(*a), (xq, qidx))
-    return out.reshape(nb * chunk_size, -1)[:n]
+    else:
+        s = scores(x, x, Q, K)
+        A = _row_weights(s, beta, log_w, _mask(jnp.arange(n), n, causal), normalization)
+    return jnp.einsum("hij,hje->ie", A, values)

@@ -214,7 +214,9 @@ SelfAttention.__init__.__doc__ = """**Arguments:**
 - `weights`: quadrature weights `w_j > 0` summing to one (default `1/n`).
 - `manifold`: where tokens live (default `Sphere()`); outputs are projected onto
   its tangent spaces.
-- `chunk_size`: evaluate queries in blocks of this many rows (memory `O(chunk_size n)`).
+- `chunk_size`: evaluate attention in `chunk_size x chunk_size` blocks with online
+  log-sum-exps over key blocks (every normalisation; memory `O(n d)` in the forward
+  and backward pass; equal to the dense result up to rounding).
 - `sinkhorn_iters`: number of log-domain Sinkhorn iterations.
 """
 

@@ -1,0 +1,74 @@
+"""Benchmark 3: reverse-mode gradient cost / forward cost of `solve`.
+
+Problem of benchmark 2 (SA, n = 256, d = 64, beta = 4, T = 10, rtol = atol =
+1e-6, default `Retract(Tsit5())`), random Q, K, V. Loss: a fixed linear
+functional of the final state; gradient with respect to (Q, K, V, beta) by
+`jax.grad` through `diffrax.RecursiveCheckpointAdjoint` (spherejax's default),
+with its default checkpointing (binomial, sized by `max_steps`) and with one
+checkpoint per step. Forward and gradient are compiled first, then timed
+interleaved in this process (median over rounds of the per-round ratio).
+
+    python benchmarks/grad_cost.py
+"""
+
+import time
+
+import diffrax
+import jax
+import jax.numpy as jnp
+
+from _common import compare, header
+
+import spherejax as sj
+
+
+jax.config.update("jax_enable_x64", True)
+
+N, D, BETA, T1 = 256, 64, 4.0, 10.0
+
+
+def main():
+    print(header("grad_cost"))
+    for dtype in (jnp.float64, jnp.float32):
+        keys = jax.random.split(jax.random.PRNGKey(0), 5)
+        Q, K, V = (jnp.eye(D, dtype=dtype) + 0.1 * jax.random.normal(k, (D, D), dtype)
+                   for k in keys[:3])
+        y0 = sj.Sphere().random(keys[3], (N, D)).astype(dtype)
+        target = jax.random.normal(keys[4], (N, D), dtype)
+        beta = jnp.asarray(BETA, dtype)
+
+        def loss(params, adjoint=None):
+            Q, K, V, beta = params
+            field = sj.SelfAttention(Q, K, V, beta)
+            sol = sj.solve(field, y0, T1, adjoint=adjoint)
+            return jnp.sum(sol.ys[-1] * target), sol.stats["num_steps"]
+
+        params = (Q, K, V, beta)
+        _, steps = jax.jit(loss)(params)
+        steps = int(steps)
+        per_step = diffrax.RecursiveCheckpointAdjoint(checkpoints=steps + 1)
+        fns = {
+            "forward": jax.jit(lambda p: loss(p)[0]),
+            "grad": jax.jit(jax.grad(lambda p: loss(p)[0])),
+            "grad_per_step_ckpt": jax.jit(jax.grad(lambda p: loss(p, per_step)[0])),
+        }
+        args = {k: (params,) for k in fns}
+        compile_s = {}
+        for k in fns:
+            t = time.perf_counter()
+            fns[k] = fns[k].lower(*args[k]).compile()
+            compile_s[k] = time.perf_counter() - t
+        med, ratio = compare(fns, args, rounds=7)
+        print(
+            f"dtype={jnp.dtype(dtype).name} n={N} d={D} steps={steps} "
+            f"forward_ms={1e3 * med['forward']:.1f} grad_ms={1e3 * med['grad']:.1f} "
+            f"grad/forward={ratio['grad']:.2f} "
+            f"grad_ckpt_per_step_ms={1e3 * med['grad_per_step_ckpt']:.1f} "
+            f"grad_ckpt_per_step/forward={ratio['grad_per_step_ckpt']:.2f} "
+            f"compile_s(fwd,grad)={compile_s['forward']:.1f},{compile_s['grad']:.1f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
