@@ -54,8 +54,8 @@ def _one_minus_cos_over_sq(s: Array) -> Array:
 class FrameAction(eqx.Module):
     """Centre and squared radius of the sphere on which the group acts (or `flat`)."""
 
-    centre: float
-    radius2: float
+    centre: float = eqx.field(static=True)
+    radius2: float = eqx.field(static=True)
     flat: bool = eqx.field(static=True)
 
     def centred(self, y: Array) -> Array:
@@ -129,48 +129,63 @@ def expm_small(a: Array) -> Array:
     return r
 
 
-class GramAlgebra:
+class GramAlgebra(eqx.Module):
     r"""Elements of $\mathfrak{so}(d)^n$ of the form $V S V^\top$, stored as `S`.
 
-    `V` has shape `(n, d, m)`: column 0 is the centred start point, column `j >= 1`
-    the velocity of stage `j` (zero until that stage is known). Points reachable
-    from the start point are stored as coefficient vectors `c` (`y = c_0 + V c`).
-    A Python object used while tracing one step (not a pytree).
+    `V` has shape `(n, d, m)`: column 0 is the centred start point, column
+    `j >= 1` the velocity of stage `j - 1` (zero until that stage is known).
+    Points reachable from the start point are stored as coefficient vectors `c`
+    (`y = centre + V c`). Immutable: `add_velocity` returns an updated copy, so it
+    can be carried through `lax.scan`; stage indices may be traced.
 
     On a flat manifold the algebra is $\mathbb R^d$ (commutative): elements are
-    vectors `(n, d)`, brackets vanish and the exponential is translation.
+    vectors `(n, d)`, "coefficients" are the points themselves, brackets vanish
+    and the exponential is translation.
     """
 
-    def __init__(self, action: FrameAction, y0: Array, m: int):
-        self.action = action
-        self.y0 = y0
+    action: FrameAction
+    y0: Array
+    V: Array | None
+    gram: Array | None
+
+    @classmethod
+    def create(cls, action: FrameAction, y0: Array, m: int) -> "GramAlgebra":
         if action.flat:
-            return
+            return cls(action, y0, None, None)
         n, d = y0.shape
-        self.m = m
-        self.V = jnp.zeros((n, d, m), y0.dtype).at[:, :, 0].set(action.centred(y0))
-        self.gram = jnp.einsum("ndi,ndj->nij", self.V, self.V)
-        self.e0 = jnp.zeros((n, m), y0.dtype).at[:, 0].set(1.0)
+        V = jnp.zeros((n, d, m), y0.dtype).at[:, :, 0].set(action.centred(y0))
+        return cls(action, y0, V, jnp.einsum("ndi,ndj->nij", V, V))
 
-    def start(self):
-        """Coefficients of the start point (flat: the start point itself)."""
-        return self.y0 if self.action.flat else self.e0
-
-    def add_velocity(self, j: int, f: Array) -> None:
-        """Store the velocity of stage `j` (column `j` of `V`)."""
+    def zero(self) -> Array:
+        """The zero element."""
         if self.action.flat:
-            return
-        self.V = self.V.at[:, :, j].set(f)
-        col = jnp.einsum("ndi,nd->ni", self.V, f)
-        self.gram = self.gram.at[:, :, j].set(col).at[:, j, :].set(col)
+            return jnp.zeros_like(self.y0)
+        n, _, m = self.V.shape
+        return jnp.zeros((n, m, m), self.y0.dtype)
 
-    def generator(self, j: int, coeffs, f: Array, h) -> Array:
-        r"""$h\,\xi$ of stage `j`: the generator moving the point with coefficients
-        `coeffs` with velocity `f` (stored as column `j`), times `h`."""
+    def start(self) -> Array:
+        """Coefficients of the start point (flat: the start point itself)."""
+        if self.action.flat:
+            return self.y0
+        n, _, m = self.V.shape
+        return jnp.zeros((n, m), self.y0.dtype).at[:, 0].set(1.0)
+
+    def add_velocity(self, j, f: Array) -> "GramAlgebra":
+        """A copy with `f` stored as column `j` of `V` (`j` may be traced)."""
+        if self.action.flat:
+            return self
+        V = self.V.at[:, :, j].set(f)
+        col = jnp.einsum("ndi,nd->ni", V, f)
+        gram = self.gram.at[:, :, j].set(col).at[:, j, :].set(col)
+        return GramAlgebra(self.action, self.y0, V, gram)
+
+    def generator(self, j, coeffs: Array, f: Array, h) -> Array:
+        r"""$h\,\xi$: the generator moving the point with coefficients `coeffs` with
+        velocity `f` (stored as column `j`), times `h`."""
         if self.action.flat:
             return h * f
-        e = jnp.zeros_like(coeffs).at[:, j].set(1.0)
-        outer = e[:, :, None] * coeffs[:, None, :]
+        e = jax.nn.one_hot(j, coeffs.shape[-1], dtype=coeffs.dtype)
+        outer = e[None, :, None] * coeffs[:, None, :]
         return (h / self.action.radius2) * (outer - jnp.swapaxes(outer, -1, -2))
 
     def bracket(self, a: Array, b: Array) -> Array:
@@ -178,10 +193,10 @@ class GramAlgebra:
             return jnp.zeros_like(a)
         return _mm(_mm(a, self.gram), b) - _mm(_mm(b, self.gram), a)
 
-    def dexpinv(self, u, f: Array, order: int) -> Array:
+    def dexpinv(self, u: Array, f: Array, order: int) -> Array:
         r"""$\operatorname{dexp}^{-1}_u(f)$ truncated after $\operatorname{ad}_u^{q}$,
         `q = order - 2` (Bernoulli coefficients 1, -1/2, 1/12, 0, -1/720)."""
-        if u is None or self.action.flat:
+        if self.action.flat:
             return f
         coeffs = (1.0, -0.5, 1.0 / 12, 0.0, -1.0 / 720)
         out, term = f, f
@@ -191,15 +206,14 @@ class GramAlgebra:
                 out = out + coeffs[k] * term
         return out
 
-    def act(self, s: Array, coeffs):
-        """Coefficients of `exp(V S V^T)` applied to the point with `coeffs`; on a flat
-        manifold `coeffs` is the point itself and the result is a translation."""
+    def act(self, s: Array, coeffs: Array) -> Array:
+        """Coefficients of `exp(V S V^T)` applied to the point with `coeffs`."""
         if self.action.flat:
             return coeffs + s
         expo = expm_small(_mm(s, self.gram))
         return jnp.einsum("nij,nj->ni", expo, coeffs)
 
-    def point(self, coeffs) -> Array:
+    def point(self, coeffs: Array) -> Array:
         """The point of `R^d` with these coefficients."""
         if self.action.flat:
             return coeffs
@@ -211,24 +225,34 @@ class GramAlgebra:
 # ---------------------------------------------------------------------------------
 
 
-def _vf_fn(terms, args) -> Callable:
-    return lambda t, y: terms.vf(t, y, args)
+def stage_field(vf, f0, skip_first, i, t, y):
+    """Stage `i`'s field value: the stored first-same-as-last `f0` at stage 0 when
+    `skip_first`, else a fresh evaluation (one traced copy of the field either way)."""
+    if f0 is None:
+        return vf(t, y)
+    return lax.cond((i == 0) & skip_first, lambda: f0, lambda: vf(t, y))
 
 
 class AbstractLieSolver(AbstractManifoldSolver):
     r"""Skeleton of the one-step Lie-group solvers.
 
-    Subclasses implement `_advance(vf, t0, h, y0, f0, estimate)` returning
-    `(y1, y1_hat_or_None, f1_or_None)`. The base class
+    Subclasses implement `_advance(vf, t0, h, y0, f0, skip_first, fsal)` returning
+    `(y1, y1_hat_or_None, f(t0, y0), f(t1, y1) or None)`: with `fsal`, the end
+    point is computed as one more stage (so `f(t1, y1)` is returned and `y1` is
+    projected), and the stored `f0` replaces the first evaluation when
+    `skip_first`; without, `f0` may be `None` and the end point is unprojected. The stages run
+    in a `lax.scan` over a uniform stage body, so the field is traced once per
+    solver (compile time, and the size of the reverse-mode graph, do not grow with
+    the number of stages). The base class
 
     - keeps `f(t0, y0)` as first-same-as-last state: each step evaluates the field
       at the (projected) end point, which is the next step's first stage, so an
-      `s`-stage method costs `s` evaluations a step (plus one at the start, and
-      again after a jump);
+      `s`-stage method costs `s` evaluations a step (plus one on the first step and
+      after a jump);
     - projects the end point onto the manifold (a round-off clean-up: the group
       action keeps the manifold exactly in exact arithmetic);
     - gives dense output by cubic Hermite interpolation of `y0, y1, h f(y0),
-      h f(y1)`, projected onto the manifold (fourth-order accurate);
+      h f(y1)`, projected onto the manifold;
     - turns an embedded solution `y1_hat` into the error estimate
       `log_{y1}(y1_hat)`, whose norm is the Riemannian distance.
     """
@@ -244,12 +268,12 @@ class AbstractLieSolver(AbstractManifoldSolver):
     def _action(self, y: Array) -> FrameAction:
         return frame_action(self._require_manifold(), y.shape[-1])
 
-    def _advance(self, vf, t0, h, y0, f0, estimate: bool):
+    def _advance(self, vf, t0, h, y0, f0, skip_first, fsal: bool):
         raise NotImplementedError
 
     def init(self, terms, t0, t1, y0, args):
-        del t1
-        return terms.vf(t0, y0, args)
+        del terms, t0, t1, args
+        return jnp.asarray(True), jnp.zeros_like(y0)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         manifold = self._require_manifold()
@@ -258,27 +282,17 @@ class AbstractLieSolver(AbstractManifoldSolver):
                 f"`{type(self).__name__}` steps a single `(n, d)` array of tokens; got "
                 f"{type(y0).__name__}."
             )
-        if made_jump is False:
-            f0 = solver_state
-        else:
-            f0 = lax.cond(
-                made_jump,
-                lambda s: terms.vf(t0, y0, args),
-                lambda s: s,
-                solver_state,
-            )
+        first_step, f0 = solver_state
+        skip_first = jnp.logical_not(first_step | jnp.asarray(made_jump))
         h = terms.contr(t0, t1)
-        estimate = isinstance(self, diffrax.AbstractAdaptiveSolver)
-        y1, y1_hat, f1 = self._advance(_vf_fn(terms, args), t0, h, y0, f0, estimate)
-        y1 = manifold.project(y1)
-        if f1 is None:
-            f1 = terms.vf(t1, y1, args)
+        vf = lambda t, y: terms.vf(t, y, args)  # noqa: E731
+        y1, y1_hat, f0, f1 = self._advance(vf, t0, h, y0, f0, skip_first, True)
         if y1_hat is None:
             y_error = None
         else:
             y_error = manifold.log(y1, manifold.project(y1_hat))
         dense_info = dict(y0=y0, y1=y1, k0=h * f0, k1=h * f1)
-        return y1, y_error, dense_info, f1, diffrax.RESULTS.successful
+        return y1, y_error, dense_info, (jnp.asarray(False), f1), diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)

@@ -26,9 +26,12 @@ from typing import ClassVar
 
 import diffrax
 import equinox as eqx
+import jax.lax as lax
+import jax.numpy as jnp
+import numpy as np
 
 from .._manifold import AbstractManifold
-from ._lie import AbstractLieSolver
+from ._lie import AbstractLieSolver, stage_field
 
 
 class CGTableau(eqx.Module):
@@ -51,21 +54,41 @@ class CGTableau(eqx.Module):
 
 
 class AbstractCrouchGrossman(AbstractLieSolver):
-    """A Crouch–Grossman method given by a `CGTableau` class attribute."""
+    """A Crouch–Grossman method given by a `CGTableau` class attribute.
+
+    The stages run in a `lax.scan` over a uniform body: stage `i` applies the
+    rotations of *all* earlier-stored stages with the coefficients of row `i`
+    (zero coefficients are exact identities), so the field is traced once. With
+    first-same-as-last the end point is one more stage (row `b`, node `1`), whose
+    field value is the next step's first stage.
+    """
 
     tableau: ClassVar[CGTableau]
 
-    def _advance(self, vf, t0, h, y0, f0, estimate):
+    def _advance(self, vf, t0, h, y0, f0, skip_first, fsal):
         action = self._action(y0)
+        manifold = self._require_manifold()
         tab = self.tableau
-        ys, fs = [y0], [f0]
+        s = len(tab.b)
+        rows = np.zeros((s + 1, s))
         for i, row in enumerate(tab.a, start=1):
+            rows[i, : len(row)] = row
+        rows[s] = tab.b
+        rows = jnp.asarray(rows, y0.dtype)
+        nodes = jnp.asarray(tuple(tab.c) + (1.0,), y0.dtype)
+        num = s + 1 if fsal else s
+        zeros = jnp.zeros((num,) + y0.shape, y0.dtype)
+
+        def body(carry, i):
+            ys, fs = carry
             y = y0
-            for j, a_ij in enumerate(row):
-                if a_ij != 0.0:
-                    y = action.rotate(ys[j], (h * a_ij) * fs[j], y)
-            ys.append(y)
-            fs.append(vf(t0 + tab.c[i] * h, y))
+            for j in range(s):
+                y = action.rotate(ys[j], (h * rows[i, j]) * fs[j], y)
+            y = manifold.project(y)
+            f = stage_field(vf, f0, skip_first, i, t0 + nodes[i] * h, y)
+            return (ys.at[i].set(y), fs.at[i].set(f)), None
+
+        (ys, fs), _ = lax.scan(body, (zeros, zeros), jnp.arange(num))
 
         def compose(weights):
             y = y0
@@ -74,9 +97,11 @@ class AbstractCrouchGrossman(AbstractLieSolver):
                     y = action.rotate(ys[j], (h * w) * fs[j], y)
             return y
 
-        y1 = compose(tab.b)
+        estimate = isinstance(self, diffrax.AbstractAdaptiveSolver)
         y1_hat = compose(tab.b_hat) if (estimate and tab.b_hat is not None) else None
-        return y1, y1_hat, None
+        if fsal:
+            return ys[s], y1_hat, fs[0], fs[s]
+        return compose(tab.b), y1_hat, fs[0], None
 
 
 _doc_args = """**Arguments:**

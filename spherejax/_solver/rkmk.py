@@ -1,17 +1,27 @@
 r"""Runge–Kutta–Munthe-Kaas methods through the action of `SO(d)` on the sphere."""
 
 import diffrax
+import jax.lax as lax
+import jax.numpy as jnp
 
 from .._manifold import AbstractManifold
-from ._lie import AbstractLieSolver, GramAlgebra
+from ._lie import AbstractLieSolver, GramAlgebra, stage_field
 
 
 # Classical RK4 (Kutta 1901); the fifth, first-same-as-last stage gives the embedded
 # third-order weights b_hat = (1/6, 1/3, 1/3, 0, 1/6).
-_A = ((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0))
-_B = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
-_C = (0.0, 0.5, 0.5, 1.0)
+# Rows 0-3 are the stages, row 4 (the weights b) the end point, computed as a fifth
+# stage at node 1 whose field value is the next step's first stage.
+_ROWS = (
+    (0.0, 0.0, 0.0, 0.0, 0.0),
+    (0.5, 0.0, 0.0, 0.0, 0.0),
+    (0.0, 0.5, 0.0, 0.0, 0.0),
+    (0.0, 0.0, 1.0, 0.0, 0.0),
+    (1 / 6, 1 / 3, 1 / 3, 1 / 6, 0.0),
+)
+_NODES = (0.0, 0.5, 0.5, 1.0, 1.0)
 _B_HAT = (1 / 6, 1 / 3, 1 / 3, 0.0, 1 / 6)
+_P = 4
 
 
 class RKMK4(AbstractLieSolver, diffrax.AbstractAdaptiveSolver):
@@ -57,30 +67,32 @@ class RKMK4(AbstractLieSolver, diffrax.AbstractAdaptiveSolver):
         del terms
         return 4
 
-    def _advance(self, vf, t0, h, y0, f0, estimate):
-        p = 4
-        alg = GramAlgebra(self._action(y0), y0, m=6)
+    def _advance(self, vf, t0, h, y0, f0, skip_first, fsal):
+        manifold = self._require_manifold()
+        alg = GramAlgebra.create(self._action(y0), y0, m=len(_NODES) + 1)
         start = alg.start()
-        alg.add_velocity(1, f0)
-        ks = [alg.generator(1, start, f0, h)]
-        for i, row in enumerate(_A, start=1):
-            u = sum(a * k for a, k in zip(row, ks) if a != 0.0)
+        rows = jnp.asarray(_ROWS, y0.dtype)
+        nodes = jnp.asarray(_NODES, y0.dtype)
+        num = len(_NODES) if fsal else len(_NODES) - 1
+        ks = jnp.zeros((len(_NODES),) + alg.zero().shape, y0.dtype)
+
+        def body(carry, i):
+            alg, ks = carry
+            u = jnp.tensordot(rows[i], ks, axes=1)
             coeffs = alg.act(u, start)
-            f = vf(t0 + _C[i] * h, alg.point(coeffs))
-            alg.add_velocity(i + 1, f)
-            ks.append(alg.dexpinv(u, alg.generator(i + 1, coeffs, f, h), p))
-        w = sum(b * k for b, k in zip(_B, ks))
-        coeffs1 = alg.act(w, start)
-        y1 = alg.point(coeffs1)
-        if not estimate:
-            return y1, None, None
-        y1 = self._require_manifold().project(y1)
-        f1 = vf(t0 + h, y1)
-        alg.add_velocity(5, f1)
-        ks.append(alg.dexpinv(w, alg.generator(5, coeffs1, f1, h), p))
-        w_hat = sum(b * k for b, k in zip(_B_HAT, ks) if b != 0.0)
+            y = manifold.project(alg.point(coeffs))
+            f = stage_field(vf, f0, skip_first, i, t0 + nodes[i] * h, y)
+            alg = alg.add_velocity(i + 1, f)
+            k = alg.dexpinv(u, alg.generator(i + 1, coeffs, f, h), _P)
+            return (alg, ks.at[i].set(k)), (y, f)
+
+        (alg, ks), (ys, fs) = lax.scan(body, (alg, ks), jnp.arange(num))
+        if not fsal:
+            w = jnp.tensordot(rows[-1], ks, axes=1)
+            return alg.point(alg.act(w, start)), None, fs[0], None
+        w_hat = jnp.tensordot(jnp.asarray(_B_HAT, y0.dtype), ks, axes=1)
         y1_hat = alg.point(alg.act(w_hat, start))
-        return y1, y1_hat, f1
+        return ys[-1], y1_hat, fs[0], fs[-1]
 
 
 RKMK4.__init__.__doc__ = """**Arguments:**

@@ -87,7 +87,7 @@ class _AbstractSplitting(AbstractManifoldSolver):
         if isinstance(inner, AbstractLieSolver):
             vf = lambda t, z: sub.vf(t, z, args)  # noqa: E731
             h = sub.contr(ta, tb)
-            y1, _, _ = inner._advance(vf, ta, h, y, vf(ta, y), False)
+            y1, _, _, _ = inner._advance(vf, ta, h, y, None, False, False)
         else:
             state = inner.init(sub, ta, tb, y, args)
             y1, _, _, _, _ = inner.step(sub, ta, tb, y, args, state, False)
