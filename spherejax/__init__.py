@@ -68,3 +68,11 @@ from ._sharding import (
     shard_tokens as shard_tokens,
     sharded_solve as sharded_solve,
 )
+from ._solver.crouch_grossman import CG2 as CG2
+from ._solver.crouch_grossman import CG2_3 as CG2_3
+from ._solver.crouch_grossman import CG3 as CG3
+from ._solver.crouch_grossman import CG4a as CG4a
+from ._solver.lie_euler import LieEuler as LieEuler
+from ._solver.rkmk import RKMK4 as RKMK4
+from ._solver.splitting import LieTrotter as LieTrotter
+from ._solver.splitting import Strang as Strang
