@@ -4,3 +4,7 @@ from .base import (
 )
 from .retract import Retract as Retract
 from .rk4 import RK4 as RK4
+from .rattle import (
+    Rattle as Rattle,
+    TangentBundleInterpolation as TangentBundleInterpolation,
+)
