@@ -110,7 +110,7 @@ def test_euler_lagrange_residual_tracking_second_order(getkey):
     res, acts, hs = [], [], []
     fine_ts = np.linspace(0.0, T, 161)
     fine = scipy_reference(x0, T, Q, K, V, 1.5, ts=fine_ts)
-    for N in (20, 40, 80, 160):
+    for N in (40, 80, 160):
         path = jnp.asarray(fine[:: 160 // N])
         ts = jnp.asarray(fine_ts[:: 160 // N])
         R = sj.euler_lagrange_residual(path, ts, sj.Tracking(field), M)
@@ -192,25 +192,25 @@ def test_rattle_order_against_scipy(getkey):
 def test_rattle_constraints_and_energy_over_long_time(getkey):
     M, L, x0, v0 = _rattle_setup(getkey())
     term = diffrax.ODETerm(L.vector_field(M))
-    ts = jnp.linspace(0.0, 100.0, 201)
+    ts = jnp.linspace(0.0, 100.0, 201)  # on both step grids: no interpolation
     H0 = float(L.energy(x0, v0))
-    drifts = []
-    for h in (0.1, 0.05):
+    rms = []
+    for h in (0.05, 0.025):
         sol = diffrax.diffeqsolve(
             term, sj.Rattle(M), 0.0, 100.0, jnp.asarray(h), (x0, v0),
-            saveat=diffrax.SaveAt(ts=ts, steps=True), max_steps=4096,
+            saveat=diffrax.SaveAt(ts=ts), max_steps=4096,
         )
         xs, vs = sol.ys
-        xs, vs = xs[jnp.isfinite(xs[:, 0, 0])], vs[jnp.isfinite(vs[:, 0, 0])]
         assert float(M.violation(xs)) < 1e-12
         assert float(jnp.max(jnp.abs(jnp.sum(xs * vs, -1)))) < 1e-12
         H = np.asarray(jax.vmap(L.energy)(xs, vs)) - H0
-        m = len(H) // 2
-        drifts.append(np.max(np.abs(H)))
-        # no secular drift: the second half is no worse than twice the first
-        assert np.max(np.abs(H[m:])) < 2 * np.max(np.abs(H[:m]))
-    # energy error O(h^2): halving h divides it by ~4
-    assert 3.0 < drifts[0] / drifts[1] < 5.5, drifts
+        # no secular drift: the error over [50, 100] is no worse than twice that
+        # over [0, 50] (a first-order or non-symplectic method drifts linearly)
+        assert np.max(np.abs(H[100:])) < 2 * np.max(np.abs(H[:100]))
+        assert np.max(np.abs(H)) < 0.1 * abs(H0) * (h / 0.05) ** 2
+        rms.append(np.sqrt(np.mean(H**2)))
+    # energy error O(h^2): halving h divides it by ~4 (log2 ratio 2 +- 0.5)
+    assert abs(np.log2(rms[0] / rms[1]) - 2) < 0.5, rms
 
 
 def test_rattle_layernorm_and_euler_lagrange(getkey):
