@@ -107,7 +107,10 @@ def fit(
     - `loss`: `loss(model, data) -> scalar`.
     - `data`: any pytree of arrays (the full batch, passed every step).
     - `optimizer`: an Optax optimiser (wrap with `riemannian` for parameters that
-      live on a manifold).
+      live on a manifold). Optimisers with extra arguments
+      (`optax.GradientTransformationExtraArgs`, e.g. `optax.lbfgs()`) also receive
+      `value`, `grad` and `value_fn` (the full-batch loss), as their line searches
+      need.
     - `steps`: number of steps.
     - `progress`: show progress.
     - `filter_spec`: selects trainable leaves (an equinox filter or a pytree of
@@ -126,10 +129,18 @@ def fit(
     def loss_params(params, data):
         return loss(eqx.combine(params, static), data)
 
+    extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+
     @jax.jit
     def step(params, opt_state, data):
         value, grads = jax.value_and_grad(loss_params)(params, data)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        if extra_args:  # e.g. optax.lbfgs: line searches need the loss itself
+            updates, opt_state = optimizer.update(
+                grads, opt_state, params, value=value, grad=grads,
+                value_fn=lambda p: loss_params(p, data),
+            )
+        else:
+            updates, opt_state = optimizer.update(grads, opt_state, params)
         return eqx.apply_updates(params, updates), opt_state, value
 
     bar = _progress(steps, progress)
