@@ -82,10 +82,13 @@ def problem():
             np.stack([scipy_reference(x, 1.0, *npQKV, BETA, ts=ts) for x in x0])
         )
 
-    train, test = paths(keys[3], 4), paths(keys[4], 4)
-    init = sj.SelfAttention(*(0.3 * jr.normal(k, (D, D)) for k in keys[5:8]), BETA)
-    # beta only scales Q^T K: freeze it (a filter selects the trainable leaves)
-    spec = eqx.tree_at(lambda m: m.beta, jax.tree.map(eqx.is_inexact_array, init), False)
+    train, test = paths(keys[3], 8), paths(keys[4], 4)
+    # Q and K enter only through Q^T K and beta only scales it (NOTES pitfall 7):
+    # fix Q = I and beta, and fit K (= Q^T K) and V, starting from uniform attention
+    # and zero values. A filter selects the trainable leaves.
+    init = sj.SelfAttention(jnp.eye(D), jnp.zeros((D, D)), jnp.zeros((D, D)), BETA)
+    spec = jax.tree.map(eqx.is_inexact_array, init)
+    spec = eqx.tree_at(lambda m: (m.Q, m.beta), spec, (False, False))
     return true, init, spec, jnp.asarray(ts), train, test
 
 
@@ -99,8 +102,9 @@ def velocity_error(field, true, states):
 def test_fit_tracking_recovers_field(problem):
     true, init, spec, ts, train, test = problem
     assert velocity_error(init, true, test) > 0.5
-    steps = 1500
-    opt = optax.adam(optax.cosine_decay_schedule(3e-2, steps, 1e-3))
+    assert float(sj.TrackingLoss()(true, (ts, train))) < 1e-7  # discretisation floor
+    steps = 1000
+    opt = optax.adam(optax.cosine_decay_schedule(1e-2, steps, 1e-3))
     model, losses = sj.fit(
         init, sj.TrackingLoss(), (ts, train), optimizer=opt, steps=steps,
         progress=False, filter_spec=spec,
@@ -108,8 +112,9 @@ def test_fit_tracking_recovers_field(problem):
     assert losses.shape == (steps,)
     assert float(losses[-1]) < 1e-4 * float(losses[0])
     assert velocity_error(model, true, test) < 0.01
-    # frozen leaf untouched; Q^T K and V (the identifiable parameters) recovered
+    # frozen leaves untouched; Q^T K and V (the identifiable parameters) recovered
     assert float(model.beta) == BETA
+    np.testing.assert_array_equal(model.Q[0], np.eye(D))
     QtK = lambda m: m.Q[0].T @ m.K[0]
     assert float(jnp.linalg.norm(QtK(model) - QtK(true)) / jnp.linalg.norm(QtK(true))) < 0.05
     assert float(jnp.linalg.norm(model.V - true.V) / jnp.linalg.norm(true.V)) < 0.02
@@ -117,8 +122,10 @@ def test_fit_tracking_recovers_field(problem):
 
 def test_fit_shooting_recovers_field(problem):
     true, init, spec, ts, train, test = problem
+    # Shooting is less convex than tracking: from this start Adam converges, but
+    # other seeds / step sizes can stall in a local minimum (tracking did not).
     steps = 800
-    opt = optax.adam(optax.cosine_decay_schedule(0.1, steps, 1e-3))
+    opt = optax.adam(optax.cosine_decay_schedule(5e-2, steps, 1e-3))
     loss = sj.ShootingLoss(solver=sj.Retract(sj.RK4()), dt0=0.1)
     model, losses = sj.fit(
         init, loss, (ts, train), optimizer=opt, steps=steps, progress=False,
