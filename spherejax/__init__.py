@@ -76,3 +76,27 @@ from ._solver.lie_euler import LieEuler as LieEuler
 from ._solver.rkmk import RKMK4 as RKMK4
 from ._solver.splitting import LieTrotter as LieTrotter
 from ._solver.splitting import Strang as Strang
+from ._action import (
+    AbstractLagrangian as AbstractLagrangian,
+    action as action,
+    euler_lagrange_residual as euler_lagrange_residual,
+    geodesic as geodesic,
+    geodesic_acceleration as geodesic_acceleration,
+    Kinetic as Kinetic,
+    KineticPotential as KineticPotential,
+    minimum_action_path as minimum_action_path,
+    node_velocities as node_velocities,
+    TangentBundleField as TangentBundleField,
+    Tracking as Tracking,
+)
+from ._fit import (
+    EndpointLoss as EndpointLoss,
+    fit as fit,
+    riemannian as riemannian,
+    ShootingLoss as ShootingLoss,
+    TrackingLoss as TrackingLoss,
+)
+from ._solver.rattle import (
+    Rattle as Rattle,
+    TangentBundleInterpolation as TangentBundleInterpolation,
+)

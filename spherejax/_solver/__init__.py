@@ -12,3 +12,7 @@ from .lie_euler import LieEuler as LieEuler
 from .rkmk import RKMK4 as RKMK4
 from .splitting import LieTrotter as LieTrotter
 from .splitting import Strang as Strang
+from .rattle import (
+    Rattle as Rattle,
+    TangentBundleInterpolation as TangentBundleInterpolation,
+)
