@@ -36,3 +36,11 @@ try:
     __version__ = importlib.metadata.version("spherejax")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
+
+from ._io import (
+    field_from_hyperparams as field_from_hyperparams,
+    field_hyperparams as field_hyperparams,
+    load as load,
+    load_header as load_header,
+    save as save,
+)
