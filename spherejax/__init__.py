@@ -32,10 +32,6 @@ from ._solver import (
 )
 
 
-try:
-    __version__ = importlib.metadata.version("spherejax")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
-    __version__ = "0.1.0"
 
 from ._continuum import (
     feature_continuum as feature_continuum,
@@ -100,3 +96,16 @@ from ._solver.rattle import (
     Rattle as Rattle,
     TangentBundleInterpolation as TangentBundleInterpolation,
 )
+from ._io import (
+    field_from_hyperparams as field_from_hyperparams,
+    field_hyperparams as field_hyperparams,
+    load as load,
+    load_header as load_header,
+    save as save,
+)
+
+
+try:
+    __version__ = importlib.metadata.version("spherejax")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.1.0"

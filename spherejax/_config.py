@@ -1,0 +1,204 @@
+"""Validated options of the command line and of TOML configs.
+
+Every option is checked by one parser whether it comes from a flag (a string) or
+from a TOML file (a typed value), so both give the same one-line errors. Order of
+precedence: built-in defaults < the config file's table < flags on the command line.
+"""
+
+import math
+import os
+import tomllib
+
+
+SOLVERS = ("tsit5", "dopri5", "dopri8", "rk4", "heun", "euler")
+NORMALIZATIONS = ("softmax", "unnormalized", "sinkhorn", "hardmax")
+VALUES = ("identity", "minus-identity")
+
+
+def positive_int(label, value) -> int:
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError(f"{label} must be an integer; got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError(f"{label} must be an integer; got {value!r}") from None
+    if not isinstance(value, int):
+        raise ValueError(f"{label} must be an integer; got {value!r}")
+    if value < 1:
+        raise ValueError(f"{label} must be >= 1; got {value}")
+    return value
+
+
+def integer(label, value) -> int:
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError(f"{label} must be an integer; got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} must be an integer; got {value!r}") from None
+
+
+def finite_float(label, value, positive=False, below=None) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{label} must be a number; got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} must be a number; got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{label} must be finite; got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{label} must be > 0; got {value}")
+    if below is not None and value >= below:
+        raise ValueError(f"{label} must be < {below}; got {value}")
+    return value
+
+
+def boolean(label, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"{label} must be true or false; got {value!r}")
+
+
+def choice(choices):
+    def parse(label, value):
+        if value not in choices:
+            raise ValueError(
+                f"{label} must be one of {', '.join(choices)}; got {value!r}"
+            )
+        return value
+
+    return parse
+
+
+def text(label, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{label} must be a non-empty string; got {value!r}")
+    return value
+
+
+def optional(parse):
+    def parse_optional(label, value):
+        return None if value is None else parse(label, value)
+
+    return parse_optional
+
+
+def listed(parse):
+    """A value or a non-empty list of values (a sweep axis); flags use commas."""
+
+    def parse_list(label, value):
+        if isinstance(value, str) and "," in value:
+            value = [v.strip() for v in value.split(",")]
+        if isinstance(value, list):
+            if not value:
+                raise ValueError(f"{label} must not be an empty list")
+            out = [parse(f"{label}[{k}]", v) for k, v in enumerate(value)]
+            if len(set(out)) != len(out):
+                raise ValueError(f"{label} has repeated values: {out}")
+            return out
+        return [parse(label, value)]
+
+    return parse_list
+
+
+# name: (parser, default)
+COMMON = {
+    "n": (positive_int, 32),
+    "d": (positive_int, 3),
+    "beta": (lambda l, v: finite_float(l, v, positive=True), 1.0),
+    "t1": (lambda l, v: finite_float(l, v, positive=True), 20.0),
+    "normalization": (choice(NORMALIZATIONS), "softmax"),
+    "value": (choice(VALUES), "identity"),
+    "solver": (choice(SOLVERS), "tsit5"),
+    "rtol": (lambda l, v: finite_float(l, v, positive=True), 1e-6),
+    "dt0": (optional(lambda l, v: finite_float(l, v, positive=True)), None),
+    "saves": (positive_int, 201),
+    "seed": (integer, 0),
+    "causal": (boolean, False),
+    "x64": (boolean, False),
+    "out": (text, "out"),
+}
+SIMULATE = {
+    **COMMON,
+    "x0": (optional(text), None),
+    "field": (optional(text), None),
+}
+SWEEP = {
+    **COMMON,
+    "n": (listed(positive_int), [32]),
+    "d": (listed(positive_int), [3]),
+    "beta": (listed(lambda l, v: finite_float(l, v, positive=True)), [1.0]),
+    "saves": (positive_int, 21),
+    "t1": (lambda l, v: finite_float(l, v, positive=True), 10.0),
+    "seeds": (positive_int, 8),
+    "eps": (lambda l, v: finite_float(l, v, positive=True, below=1.0), 1e-3),
+    "out": (text, "sweep_out"),
+}
+SPECS = {"simulate": SIMULATE, "sweep": SWEEP}
+
+
+def read_config(path: str, section: str) -> dict:
+    """The `[section]` table of a TOML file, validated (a missing table is empty)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"config path is a directory: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config {path} is not valid TOML: not UTF-8 text") from None
+    unknown_tables = sorted(set(data) - set(SPECS))
+    if unknown_tables:
+        raise ValueError(
+            f"config {path}: unknown table or key {unknown_tables[0]!r} at top level "
+            f"(expected tables: {', '.join(f'[{s}]' for s in SPECS)})"
+        )
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise ValueError(f"config {path}: {section!r} must be a table [{section}]")
+    spec = SPECS[section]
+    out = {}
+    for key, value in table.items():
+        if key not in spec:
+            raise ValueError(
+                f"config {path}: unknown key {key!r} in [{section}] "
+                f"(known: {', '.join(spec)})"
+            )
+        parse, _ = spec[key]
+        out[key] = parse(f"`{key}` in [{section}] of {path}", value)
+    return out
+
+
+def merge(section: str, config_path: str | None, flags: dict) -> dict:
+    """Defaults < config table < flags (already parsed), validated and complete."""
+    spec = SPECS[section]
+    options = {key: default for key, (_, default) in spec.items()}
+    if config_path is not None:
+        options.update(read_config(config_path, section))
+    options.update(flags)
+    out = options["out"]
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} exists and is not a directory")
+    return options
+
+
+def flag_type(section: str, name: str):
+    """An argparse `type=` for flag `--name` of `section` (errors name the flag)."""
+    parse, _ = SPECS[section][name]
+
+    def argparse_type(value):
+        import argparse
+
+        try:
+            return parse(f"--{name}", value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return argparse_type

@@ -1,0 +1,116 @@
+import json
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import spherejax as sj
+
+
+def _field(key, d=3, heads=2, normalization="softmax"):
+    kq, kk, kv = jr.split(key, 3)
+    return sj.SelfAttention(
+        jr.normal(kq, (heads, 2, d)),
+        jr.normal(kk, (heads, 2, d)),
+        jr.normal(kv, (heads, d, d)),
+        2.5,
+        normalization=normalization,
+    )
+
+
+def test_round_trip_restores_the_field_exactly(tmp_path, getkey):
+    field = _field(getkey())
+    hp = sj.field_hyperparams(field)
+    path = tmp_path / "field.sjx"
+    sj.save(path, field, hp)
+    # rebuilt from the stored hyperparameters alone
+    loaded = sj.load(path, like=sj.field_from_hyperparams)
+    assert eqx.tree_equal(loaded, field)
+    x = sj.Sphere().random(getkey(), (7, 3))
+    np.testing.assert_array_equal(loaded(0.0, x), field(0.0, x))
+    header = sj.load_header(path)
+    assert header["hyperparams"] == hp
+    assert header["class"] == "SelfAttention"
+    assert header["spherejax_version"] == sj.__version__
+    # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["field.sjx"]
+
+
+def test_load_into_a_skeleton_and_a_float32_skeleton(tmp_path, getkey):
+    field = _field(getkey())
+    path = tmp_path / "f.sjx"
+    sj.save(path, field, {"note": "no hyperparams needed with a skeleton"})
+    skeleton = _field(getkey())  # same shapes, other values
+    loaded = sj.load(path, like=skeleton)
+    np.testing.assert_array_equal(loaded.V, field.V)
+    skeleton32 = jax_tree_astype(skeleton, jnp.float32)
+    loaded32 = sj.load(path, like=skeleton32)
+    assert loaded32.V.dtype == jnp.float32
+    np.testing.assert_allclose(loaded32.V, field.V, rtol=1e-6)
+
+
+def jax_tree_astype(tree, dtype):
+    import jax
+
+    return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+
+
+def test_mismatched_skeletons_are_refused(tmp_path, getkey):
+    field = _field(getkey())
+    path = tmp_path / "f.sjx"
+    sj.save(path, field)
+    with pytest.raises(ValueError, match="shape"):
+        sj.load(path, like=_field(getkey(), d=4))  # other parameter shapes
+    with pytest.raises(ValueError, match="different structure or options"):
+        sj.load(path, like=_field(getkey(), normalization="unnormalized"))
+    with pytest.raises(ValueError, match="holds a `SelfAttention`"):
+        sj.load(path, like=sj.FeedForward.random(getkey(), 3, 4))
+
+
+def test_truncated_corrupted_and_foreign_files_are_refused(tmp_path, getkey):
+    field = _field(getkey())
+    path = tmp_path / "f.sjx"
+    sj.save(path, field)
+    data = path.read_bytes()
+
+    truncated = tmp_path / "truncated.sjx"
+    truncated.write_bytes(data[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        sj.load(truncated, like=field)
+
+    flipped = bytearray(data)
+    flipped[-5] ^= 0xFF
+    corrupted = tmp_path / "corrupted.sjx"
+    corrupted.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="corrupted"):
+        sj.load(corrupted, like=field)
+
+    foreign = tmp_path / "foreign.eqx"
+    eqx.tree_serialise_leaves(foreign, field)  # plain equinox file, no header
+    with pytest.raises(ValueError, match="not a spherejax model file"):
+        sj.load(foreign, like=field)
+
+    header, _, payload = data.partition(b"\n")
+    h = json.loads(header)
+    h["format_version"] = 99
+    future = tmp_path / "future.sjx"
+    future.write_bytes(json.dumps(h).encode() + b"\n" + payload)
+    with pytest.raises(ValueError, match="format version 99"):
+        sj.load(future, like=field)
+
+    with pytest.raises(ValueError, match="no such file"):
+        sj.load(tmp_path / "missing.sjx", like=field)
+
+
+def test_bad_saves_are_refused_and_write_nothing(tmp_path, getkey):
+    field = _field(getkey())
+    with pytest.raises(ValueError, match="JSON"):
+        sj.save(tmp_path / "a.sjx", field, {"beta": float("nan")})
+    with pytest.raises(ValueError, match="round trip"):
+        sj.save(tmp_path / "b.sjx", field, {"shape": (2, 3)})
+    bad = eqx.tree_at(lambda f: f.beta, field, jnp.asarray(jnp.inf))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sj.save(tmp_path / "c.sjx", bad)
+    assert list(tmp_path.iterdir()) == []
