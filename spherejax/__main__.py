@@ -1,7 +1,7 @@
-"""Command line: `python -m spherejax {simulate,sweep,bench} ...`.
+"""Command line: `python -m spherejax {simulate,sweep,fit,bench} ...`.
 
-Options come from flags or from a TOML config (`--config FILE`, tables `[simulate]`
-and `[sweep]`); flags override the config. Every bad input (flags out of range,
+Options come from flags or from a TOML config (`--config FILE`, tables `[simulate]`,
+`[sweep]` and `[fit]`); flags override the config. Every bad input (flags out of range,
 unknown names, NaN/inf, unreadable or inconsistent files, tokens off the sphere)
 ends with one line `error: ...` on stderr, exit code 2, and nothing written.
 See `docs/cli.md` for the table of bad inputs tried.
@@ -13,7 +13,16 @@ import os
 import sys
 import time
 
-from ._config import NORMALIZATIONS, SOLVERS, SPECS, VALUES, flag_type, merge
+from ._config import (
+    LOSSES,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    SOLVERS,
+    SPECS,
+    VALUES,
+    flag_type,
+    merge,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,7 +36,13 @@ def _add_options(sub, section, help_texts):
     """One flag per option of `section`; absent flags stay absent (so a config
     file's value is not overridden by a default)."""
     spec = SPECS[section]
-    choices = {"normalization": NORMALIZATIONS, "solver": SOLVERS, "value": VALUES}
+    choices = {
+        "normalization": NORMALIZATIONS,
+        "solver": SOLVERS,
+        "value": VALUES,
+        "loss": LOSSES,
+        "optimizer": OPTIMIZERS,
+    }
     for name in spec:
         kwargs = dict(default=argparse.SUPPRESS, help=help_texts.get(name))
         if name in ("causal", "x64"):
@@ -93,17 +108,52 @@ def _parser() -> argparse.ArgumentParser:
             "eps": "closeness threshold: P(<x1, x2> >= 1 - eps)",
         },
     )
+    fitp = sub.add_parser(
+        "fit",
+        help="fit a self-attention field to observed trajectories (Optax)",
+        description="Fit SelfAttention(Q, K, V) on the unit sphere to trajectories in "
+        "an .npz file (arrays ts (T,) and ys (T, n, d) or (B, T, n, d), e.g. the "
+        "simulate.npz that `simulate` writes) by minimising the tracking action "
+        "(no solve) or the shooting loss (through solve). The last --holdout fraction "
+        "of the time intervals is held out. Writes fit.json, fit.png and field.sjx "
+        "(usable as `simulate --field`).",
+    )
+    _add_options(
+        fitp,
+        "fit",
+        {
+            **HELP,
+            "data": ".npz with ts (T,) and ys (T, n, d) or (B, T, n, d) on the unit sphere",
+            "loss": "tracking (action, no solve) or shooting (through solve)",
+            "optimizer": "lbfgs (optax.lbfgs, line search) or adam",
+            "steps": "optimiser steps",
+            "lr": "learning rate of adam (lbfgs uses its line search)",
+            "beta": "inverse temperature of the fitted field (kept fixed)",
+            "holdout": "fraction of the time intervals held out for evaluation",
+            "rtol": "solver tolerance of the shooting loss (atol = rtol / 100)",
+            "seed": "random seed of the initial parameters",
+            "out": "output folder",
+        },
+    )
     bench = sub.add_parser(
         "bench",
-        help="time the attention field and a solve",
-        description="Time one evaluation of the self-attention field and one solve "
-        "(compilation timed separately); print one line per size.",
+        help="time the attention field (vs the XLA floor) and a solve",
+        description="Time one evaluation of the self-attention field, the XLA floor "
+        "exp(X X^T) X measured in the same process (the ratio is the figure to "
+        "compare across machines), and a 20-step RK4 solve (compilation timed "
+        "separately); print one line per size. benchmarks/ has the full scripts.",
     )
-    bench.add_argument("--n", type=flag_type("sweep", "n"), default=[64, 256])
-    bench.add_argument("--d", type=flag_type("simulate", "d"), default=16)
-    bench.add_argument("--repeats", type=flag_type("simulate", "saves"), default=5)
-    bench.add_argument("--x64", action="store_true")
-    bench.add_argument("--out", type=flag_type("simulate", "out"), default=None)
+    _add_options(
+        bench,
+        "bench",
+        {
+            "n": "token count(s), e.g. 256,1024",
+            "d": "dimension",
+            "repeats": "timed repeats (the minimum is reported)",
+            "x64": "float64 (default float32)",
+            "out": "folder for bench.json (optional)",
+        },
+    )
     return parser
 
 
@@ -302,52 +352,231 @@ def _plot(ts, ys, energy, d, beta, path):
     plt.close(fig)
 
 
-def bench(n_values, d, repeats, x64, out) -> list:
-    """Time the SA field (one evaluation) and a short solve; one line per size."""
+def _load_paths(path):
+    """`ts (T,)` and `ys (B, T, n, d)` from an .npz file, validated."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: np.asarray(f[name]) for name in f.files}
+    except FileNotFoundError:
+        raise ValueError(f"--data file not found: {path}") from None
+    except Exception as e:  # not a zip, pickled objects, a bare .npy, ...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"--data {path} is not a readable .npz file ({msg})") from None
+    if not {"ts", "ys"} <= set(arrays):
+        raise ValueError(
+            f"--data {path} must hold arrays `ts` and `ys`; it has {sorted(arrays)}"
+        )
+    ts, ys = arrays["ts"], arrays["ys"]
+    if ys.ndim == 3:
+        ys = ys[None]
+    if ts.ndim != 1 or ys.ndim != 4 or ys.shape[1] != ts.shape[0]:
+        raise ValueError(
+            f"--data needs ts of shape (T,) and ys of shape (T, n, d) or (B, T, n, d); "
+            f"got ts {ts.shape} and ys {ys.shape}"
+        )
+    for name, a in (("ts", ts), ("ys", ys)):
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"--data `{name}` must hold real floats; got dtype {a.dtype}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"--data `{name}` contains NaN or inf")
+    if ts.shape[0] < 3:
+        raise ValueError(f"--data needs at least 3 saved times; got {ts.shape[0]}")
+    if not np.all(np.diff(ts) > 0):
+        raise ValueError("--data `ts` must be strictly increasing")
+    off = float(np.max(np.abs(np.linalg.norm(ys, axis=-1) - 1)))
+    if off > 1e-5:
+        raise ValueError(
+            f"--data tokens are off the unit sphere (max ||x_i| - 1| = {off:.3g})"
+        )
+    return ts, ys
+
+
+def fit_command(options: dict) -> dict:
+    """The `fit` subcommand on validated `options` (see `_config.FIT`).
+
+    Model: `SelfAttention(Q, K, V, beta)` on the unit sphere, `Q, K, V` of shape
+    `(d, d)` initialised at `I + 0.1 G / sqrt(d)` (Q, K) and `0.1 G / sqrt(d)` (V),
+    `G` standard normal, `beta` fixed. Quality measure, on the training and on the
+    held-out intervals: the relative velocity residual
+    `sqrt(S_track / S_kin)`, the tracking action of the fitted field over the
+    kinetic action of the data (`1` for the zero field, `0` for an exact fit up to
+    the discretisation of the observed path).
+    """
+    import jax
+
+    if options["x64"]:
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+    import optax
+
+    import spherejax as sj
+
+    o = dict(options)
+    if o["data"] is None:
+        raise ValueError("fit needs --data FILE.npz (ts and ys; e.g. simulate.npz)")
+    ts_np, ys_np = _load_paths(o["data"])
+    dtype = jnp.float64 if o["x64"] else jnp.float32
+    B, T, n, d = ys_np.shape
+    held = int(np.ceil(o["holdout"] * (T - 1)))
+    if T - 1 - held < 2:
+        raise ValueError(
+            f"--holdout {o['holdout']} leaves fewer than 2 training intervals of {T - 1}"
+        )
+    split = T - held  # training times ts[:split], held-out times ts[split - 1:]
+    ts = jnp.asarray(ts_np, dtype)
+    ys = jnp.asarray(ys_np, dtype)
+    train = (ts[:split], ys[:, :split])
+    test = (ts[split - 1 :], ys[:, split - 1 :])
+
+    kq, kk, kv = jr.split(jr.PRNGKey(o["seed"]), 3)
+    scale = 0.1 / np.sqrt(d)
+    eye = jnp.eye(d, dtype=dtype)
+    model = sj.SelfAttention(
+        eye + scale * jr.normal(kq, (d, d), dtype),
+        eye + scale * jr.normal(kk, (d, d), dtype),
+        scale * jr.normal(kv, (d, d), dtype),
+        jnp.asarray(o["beta"], dtype),
+        normalization=o["normalization"],
+    )
+    trainable = eqx_filter(model)
+    if o["loss"] == "tracking":
+        loss = sj.TrackingLoss()
+    else:
+        loss = sj.ShootingLoss(rtol=o["rtol"], atol=o["rtol"] * 1e-2)
+
+    @jax.jit
+    def residual(m, data):
+        t, paths = data
+        track = jax.vmap(lambda p: sj.action(p, t, sj.Tracking(m), sj.Sphere()))(paths)
+        kin = jax.vmap(lambda p: sj.action(p, t, sj.Kinetic(), sj.Sphere()))(paths)
+        return jnp.sqrt(jnp.sum(track) / jnp.sum(kin))
+
+    optimizer = optax.lbfgs() if o["optimizer"] == "lbfgs" else optax.adam(o["lr"])
+    before = {k: float(residual(model, data)) for k, data in (("train", train), ("heldout", test))}
+    print(
+        f"spherejax fit: {B} trajectories, T={T} times ({T - split} held out), n={n} d={d} "
+        f"loss={o['loss']} optimizer={o['optimizer']} steps={o['steps']} dtype={jnp.dtype(dtype).name}"
+    )
+    start = time.perf_counter()
+    fitted, losses = sj.fit(
+        model, loss, train, optimizer=optimizer, steps=o["steps"],
+        progress=True, filter_spec=trainable,
+    )
+    losses = np.asarray(jax.block_until_ready(losses))
+    seconds = time.perf_counter() - start
+    if not np.all(np.isfinite(losses)):
+        raise ValueError("the fit diverged (loss not finite): try --optimizer adam "
+                         "with a smaller --lr")
+    after = {k: float(residual(fitted, data)) for k, data in (("train", train), ("heldout", test))}
+    print(f"{'':10} {'relative velocity residual':>28}")
+    print(f"{'':10} {'initial':>13} {'fitted':>14}")
+    for k in ("train", "heldout"):
+        print(f"{k:10} {before[k]:13.4e} {after[k]:14.4e}")
+    print(f"loss {losses[0]:.4e} -> {losses[-1]:.4e}; {o['steps']} steps in {seconds:.2f} s "
+          f"({1e3 * seconds / o['steps']:.1f} ms/step including compilation)")
+
+    out = o["out"]
+    os.makedirs(out, exist_ok=True)
+    field_path = os.path.join(out, "field.sjx")
+    sj.save(field_path, fitted, sj.field_hyperparams(fitted))
+    png = os.path.join(out, "fit.png")
+    _plot_losses(losses, o["loss"], png)
+    summary = dict(
+        command="fit", data=o["data"], loss=o["loss"], trajectories=B, times=T,
+        heldout_times=T - split, n=n, d=d, optimizer=o["optimizer"], steps=o["steps"],
+        lr=o["lr"], beta=o["beta"],
+        normalization=o["normalization"], seconds=seconds,
+        ms_per_step=1e3 * seconds / o["steps"], loss_first=float(losses[0]),
+        loss_last=float(losses[-1]), residual_initial=before, residual_fitted=after,
+        field=field_path, png=png,
+    )
+    with open(os.path.join(out, "fit.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"wrote {png}")
+    return summary
+
+
+def eqx_filter(model):
+    """Trainable leaves of a `SelfAttention`: Q, K and V (beta stays fixed)."""
+    import equinox as eqx
+    import jax
+
+    spec = jax.tree.map(lambda _: False, model)
+    return eqx.tree_at(lambda m: (m.Q, m.K, m.V), spec, (True, True, True))
+
+
+def _plot_losses(losses, name, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.semilogy(losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{name} loss")
+    ax.set_title("spherejax fit")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bench(options: dict) -> list:
+    """The `bench` subcommand: time the SA field against the XLA floor
+    `exp(X X^T) X` (two `n x n x d` matmuls and `n^2` exponentials), and a short
+    solve; one line per `n`."""
     import timeit
 
     import jax
 
-    if x64:
+    if options["x64"]:
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import jax.random as jr
 
     import spherejax as sj
 
-    dtype = jnp.float64 if x64 else jnp.float32
+    d, repeats, out = options["d"], options["repeats"], options["out"]
+    dtype = jnp.float64 if options["x64"] else jnp.float32
     rows = []
-    print(f"jax {jax.__version__} devices={jax.devices()}")
-    for n in n_values:
+
+    def best_ms(f, x):
+        jax.block_until_ready(f(x))
+        runs = timeit.repeat(lambda: jax.block_until_ready(f(x)), number=1, repeat=repeats)
+        return 1e3 * min(runs)
+
+    print(f"spherejax bench: jax {jax.__version__} device={jax.devices()[0]} "
+          f"dtype={jnp.dtype(dtype).name} d={d} (best of {repeats})")
+    print(f"{'n':>7} {'field ms':>10} {'floor ms':>10} {'field/floor':>12} "
+          f"{'compile s':>10} {'solve ms':>10}")
+    for n in options["n"]:
         x = sj.Sphere().random(jr.PRNGKey(0), (n, d), dtype)
         field = sj.SelfAttention.identity(d, 1.0)
         f = jax.jit(lambda y: field(0.0, y))
-        tic = time.perf_counter()
-        jax.block_until_ready(f(x))
-        compile_field = time.perf_counter() - tic
-        field_ms = 1e3 * min(
-            timeit.repeat(lambda: jax.block_until_ready(f(x)), number=1, repeat=repeats)
-        )
-        t1 = jnp.asarray(1.0, dtype)
-        g = jax.jit(lambda y: sj.solve(field, y, t1, dt0=jnp.asarray(0.05, dtype),
-                                       solver=sj.Retract(sj.RK4())).ys[-1])
+        floor = jax.jit(lambda y: jnp.exp(y @ y.T) @ y)
+        field_ms, floor_ms = best_ms(f, x), best_ms(floor, x)
+        t1, dt0 = jnp.asarray(1.0, dtype), jnp.asarray(0.05, dtype)
+        g = jax.jit(lambda y: sj.solve(field, y, t1, dt0=dt0, solver=sj.Retract(sj.RK4())).ys[-1])
         tic = time.perf_counter()
         jax.block_until_ready(g(x))
-        compile_solve = time.perf_counter() - tic
-        solve_ms = 1e3 * min(
-            timeit.repeat(lambda: jax.block_until_ready(g(x)), number=1, repeat=repeats)
-        )
-        row = dict(n=n, d=d, dtype=jnp.dtype(dtype).name, compile_field_s=compile_field,
-                   field_ms=field_ms, compile_solve_s=compile_solve,
-                   solve_20_rk4_steps_ms=solve_ms)
+        compile_s = time.perf_counter() - tic
+        solve_ms = best_ms(g, x)
+        row = dict(n=n, d=d, dtype=jnp.dtype(dtype).name, field_ms=field_ms,
+                   floor_ms=floor_ms, field_over_floor=field_ms / floor_ms,
+                   compile_solve_s=compile_s, solve_20_rk4_steps_ms=solve_ms)
         rows.append(row)
-        print(f"{n=} {d=} dtype={row['dtype']} {compile_field=:.2f}s {field_ms=:.3f} "
-              f"{compile_solve=:.2f}s solve(20 RK4 steps)={solve_ms:.2f} ms")
+        print(f"{n:7d} {field_ms:10.3f} {floor_ms:10.3f} {field_ms / floor_ms:12.2f} "
+              f"{compile_s:10.2f} {solve_ms:10.2f}")
     if out is not None:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench.json"), "w") as fh:
             json.dump(dict(command="bench", jax=jax.__version__,
                            device=str(jax.devices()[0]), rows=rows), fh, indent=2)
+        print(f"wrote {os.path.join(out, 'bench.json')}")
     return rows
 
 
@@ -355,15 +584,16 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "bench":
-            bench(args.n, args.d, args.repeats, args.x64, args.out)
-            return 0
         section = args.command
         flags = {k: v for k, v in vars(args).items() if k in SPECS[section]}
         options = merge(section, args.config, flags)
         explicit = _explicit(args, args.config, section)
         if section == "simulate":
             simulate(options, explicit)
+        elif section == "fit":
+            fit_command(options)
+        elif section == "bench":
+            bench(options)
         elif section == "sweep":
             if options["x64"]:
                 import jax

@@ -138,7 +138,30 @@ SWEEP = {
     "eps": (lambda l, v: finite_float(l, v, positive=True, below=1.0), 1e-3),
     "out": (text, "sweep_out"),
 }
-SPECS = {"simulate": SIMULATE, "sweep": SWEEP}
+LOSSES = ("tracking", "shooting")
+OPTIMIZERS = ("lbfgs", "adam")
+FIT = {
+    "data": (text, None),
+    "loss": (choice(LOSSES), "tracking"),
+    "optimizer": (choice(OPTIMIZERS), "lbfgs"),
+    "steps": (positive_int, 100),
+    "lr": (lambda l, v: finite_float(l, v, positive=True), 0.03),
+    "beta": (lambda l, v: finite_float(l, v, positive=True), 1.0),
+    "normalization": (choice(NORMALIZATIONS), "softmax"),
+    "holdout": (lambda l, v: finite_float(l, v, positive=True, below=1.0), 0.25),
+    "rtol": (lambda l, v: finite_float(l, v, positive=True), 1e-6),
+    "seed": (integer, 0),
+    "x64": (boolean, False),
+    "out": (text, "fit_out"),
+}
+BENCH = {
+    "n": (listed(positive_int), [64, 256, 1024]),
+    "d": (positive_int, 64),
+    "repeats": (positive_int, 5),
+    "x64": (boolean, False),
+    "out": (optional(text), None),
+}
+SPECS = {"simulate": SIMULATE, "sweep": SWEEP, "fit": FIT, "bench": BENCH}
 
 
 def read_config(path: str, section: str) -> dict:
@@ -184,7 +207,7 @@ def merge(section: str, config_path: str | None, flags: dict) -> dict:
         options.update(read_config(config_path, section))
     options.update(flags)
     out = options["out"]
-    if os.path.exists(out) and not os.path.isdir(out):
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out} exists and is not a directory")
     return options
 

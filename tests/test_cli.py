@@ -34,24 +34,135 @@ def test_simulate_command_end_to_end(tmp_path):
     assert np.max(np.abs(np.linalg.norm(data["ys"], axis=-1) - 1)) < 1e-6
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["simulate", "--n", "0"], "--n must be >= 1"),
-        (["simulate", "--beta", "nan"], "--beta must be finite"),
-        (["simulate", "--beta", "-1"], "--beta must be > 0"),
-        (["simulate", "--t1", "abc"], "--t1 must be a number"),
-        (["simulate", "--normalization", "softmin"], "invalid choice"),
-        (["simulate", "--solver", "euler"], "give --dt0"),
-        (["frobnicate"], "invalid choice"),
-    ],
-)
-def test_bad_input_exits_2_and_writes_nothing(argv, message, tmp_path, capsys):
-    out = tmp_path / "out"
+def _bad_files(folder):
+    """The files named under the bad-input table of README.md."""
+    import spherejax as sj
+
+    bad = folder / "bad"
+    bad.mkdir()
+    (bad / "nan.toml").write_text("[simulate]\nbeta = nan\n")
+    (bad / "unknown_key.toml").write_text("[simulate]\ngamma = 1\n")
+    (bad / "unknown_table.toml").write_text("[simulat]\nn = 3\n")
+    (bad / "string_n.toml").write_text('[simulate]\nn = "ten"\n')
+    (bad / "not_toml.toml").write_text("beta = = 1\n")
+    rng = np.random.default_rng(0)
+    x0 = rng.normal(size=(4, 3))
+    x0 /= np.linalg.norm(x0, axis=-1, keepdims=True)
+    np.save(bad / "x0.npy", x0)
+    np.save(bad / "off_sphere.npy", np.full((4, 3), 0.9))
+    np.save(bad / "x0_3d.npy", np.zeros((2, 3, 3)))
+    with_nan = x0.copy()
+    with_nan[1, 2] = np.nan
+    np.save(bad / "x0_nan.npy", with_nan)
+    sj.save(bad / "field.sjx", sj.SelfAttention.identity(3, 1.0),
+            sj.field_hyperparams(sj.SelfAttention.identity(3, 1.0)))
+    (bad / "truncated.sjx").write_bytes((bad / "field.sjx").read_bytes()[:-10])
+    (bad / "not_a_field.txt").write_text("hello\n")
+    (bad / "a_file").write_text("")
+    (bad / "stray").mkdir()
+    (bad / "stray" / "notes.txt").write_text("not a sweep\n")
+    ts = np.linspace(0.0, 1.0, 9)
+    ys = np.broadcast_to(x0, (9, 4, 3)).copy()
+    np.savez(bad / "paths.npz", ts=ts, ys=ys)
+    np.savez(bad / "no_ys.npz", ts=ts)
+    np.savez(bad / "off_sphere.npz", ts=ts, ys=2 * ys)
+    ys_nan = ys.copy()
+    ys_nan[3, 1, 0] = np.nan
+    np.savez(bad / "nan.npz", ts=ts, ys=ys_nan)
+    np.savez(bad / "ts_decreasing.npz", ts=ts[::-1], ys=ys)
+    np.savez(bad / "ts_short.npz", ts=ts[:-1], ys=ys)
+
+
+def _table_rows():
+    import shlex
+
+    rows = []
+    with open(os.path.join(ROOT, "README.md")) as f:
+        in_table = False
+        for line in f:
+            if line.startswith("| what is wrong |"):
+                in_table = True
+                continue
+            if in_table and line.startswith("| ---"):
+                continue
+            if in_table and not line.startswith("|"):
+                break
+            if in_table:
+                what, command, message = (c.strip() for c in line.strip().strip("|").split(" | "))
+                rows.append((what, shlex.split(command.strip("`")), message.strip("`").strip()))
+    return rows
+
+
+BAD_INPUTS = _table_rows()
+
+
+def test_bad_input_table_is_long_enough():
+    # the table is the documentation: it must not be emptied silently
+    assert len(BAD_INPUTS) >= 40
+    assert {argv[0] for _, argv, _ in BAD_INPUTS} >= {"simulate", "sweep", "fit", "bench"}
+
+
+@pytest.mark.parametrize("what, argv, message", BAD_INPUTS, ids=[w for w, _, _ in BAD_INPUTS])
+def test_bad_input_table(what, argv, message, tmp_path, monkeypatch, capsys):
+    _bad_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
     try:
-        code = main(argv + ["--out", str(out)] if argv[0] == "simulate" else argv)
+        code = main(argv)
     except SystemExit as e:  # argparse errors
         code = e.code
-    assert code == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_fit_recovers_the_simulated_field(tmp_path, capsys):
+    # simulate with the known field Q = K = V = I, beta = 1; fit a perturbed one to the
+    # saved path; the fitted field's velocities match the true field's on the held-out
+    # configurations, and the saved fit runs through `simulate --field`
+    import jax.numpy as jnp
+
+    import spherejax as sj
+
+    sim, out = tmp_path / "sim", tmp_path / "fit"
+    assert main(["simulate", "--n", "12", "--t1", "6", "--saves", "61", "--x64",
+                 "--out", str(sim)]) == 0
+    assert main(["fit", "--data", str(sim / "simulate.npz"), "--x64", "--out", str(out)]) == 0
+    summary = json.loads((out / "fit.json").read_text())
+    assert summary["residual_initial"]["heldout"] > 0.5
+    assert summary["residual_fitted"]["train"] < 1e-2
+    assert summary["residual_fitted"]["heldout"] < 1e-2
+    assert summary["heldout_times"] == 15 and summary["times"] == 61
+
+    fitted = sj.load(out / "field.sjx", like=sj.field_from_hyperparams)
+    true = sj.SelfAttention.identity(3, 1.0)
+    ys = jnp.asarray(np.load(sim / "simulate.npz")["ys"][46:])  # held-out states
+    v_fit = np.asarray(jax_vmap_field(fitted, ys))
+    v_true = np.asarray(jax_vmap_field(true, ys))
+    rel = np.linalg.norm(v_fit - v_true) / np.linalg.norm(v_true)
+    assert rel < 1e-2
+
+    capsys.readouterr()
+    assert main(["simulate", "--field", str(out / "field.sjx"), "--n", "12", "--t1", "2",
+                 "--saves", "5", "--x64", "--out", str(tmp_path / "resim")]) == 0
+    assert "beta=1.0" in capsys.readouterr().out
+
+
+def jax_vmap_field(field, ys):
+    import jax
+
+    return jax.vmap(lambda y: field(0.0, y, None))(ys)
+
+
+def test_bench_command_reports_field_and_floor(tmp_path, capsys):
+    assert main(["bench", "--n", "16,32", "--d", "8", "--repeats", "2",
+                 "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["n"] for r in report["rows"]] == [16, 32]
+    for row in report["rows"]:
+        assert row["field_ms"] > 0 and row["floor_ms"] > 0
+        assert row["field_over_floor"] == pytest.approx(row["field_ms"] / row["floor_ms"])
+        assert f"{row['n']:7d}" in text
