@@ -45,7 +45,7 @@ def _add_options(sub, section, help_texts):
     }
     for name in spec:
         kwargs = dict(default=argparse.SUPPRESS, help=help_texts.get(name))
-        if name in ("causal", "x64"):
+        if name in ("causal", "x64", "progress"):
             sub.add_argument(f"--{name}", action="store_true", **kwargs)
         elif name in choices:
             sub.add_argument(f"--{name}", choices=choices[name], **kwargs)
@@ -73,6 +73,7 @@ HELP = {
     "out": "output folder",
     "x0": ".npy file of initial tokens, shape (n, d), on the unit sphere",
     "field": "field file written by spherejax.save (e.g. out/field.sjx)",
+    "progress": "show diffrax's progress meter (tqdm if installed) during the solve",
 }
 
 
@@ -254,6 +255,7 @@ def simulate(options: dict, explicit: set = frozenset()) -> dict:
         atol=o["rtol"] * 1e-2,
         dt0=o["dt0"],
         max_steps=1_000_000,
+        progress=o["progress"],
     )
     ys = jax.block_until_ready(sol.ys)
     seconds = time.perf_counter() - start

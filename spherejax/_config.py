@@ -126,6 +126,7 @@ SIMULATE = {
     **COMMON,
     "x0": (optional(text), None),
     "field": (optional(text), None),
+    "progress": (boolean, False),
 }
 SWEEP = {
     **COMMON,
