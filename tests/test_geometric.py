@@ -459,6 +459,20 @@ def test_expm_small_matches_scipy():
         assert np.max(np.abs(got[k] - ref)) <= 1e-12 * max(1.0, np.max(np.abs(ref)))
 
 
+@pytest.mark.parametrize("scale", [0.05, 3.0])  # no squaring / squarings needed
+def test_expm_small_gradient_matches_scipy_differences(scale):
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(4, 6, 6)) * scale
+    w = rng.normal(size=(4, 6, 6))
+    grad = np.asarray(jax.grad(lambda a: jnp.sum(w * expm_small(a)))(jnp.asarray(a)))
+    eps = 1e-6
+    for k, (i, j) in enumerate([(0, 1), (2, 5), (4, 4), (5, 0)]):
+        da = np.zeros((6, 6))
+        da[i, j] = eps
+        fd = np.sum(w[k] * (scipy.linalg.expm(a[k] + da) - scipy.linalg.expm(a[k] - da))) / (2 * eps)
+        assert abs(grad[k, i, j] - fd) <= 1e-6 * max(1.0, abs(fd))
+
+
 def test_unsupported_manifold_raises():
     with pytest.raises(ValueError, match="Lie-group solvers"):
         frame_action(None, 3)

@@ -28,6 +28,7 @@ Nothing here forms a `d x d` matrix:
   division by zero and gradients stay finite.
 """
 
+import math
 from collections.abc import Callable
 
 import diffrax
@@ -101,32 +102,70 @@ _MAX_SQUARINGS = 12
 _SCALED_NORM = 0.25
 
 
+def _mm_last(a: Array, b: Array) -> Array:
+    """Products of small matrices stored batch-last, `(m, k, *batch) @ (k, p, *batch)`,
+    as a broadcast multiply-sum over the middle axis: with the batch axis last and
+    contiguous, XLA on CPU vectorises across tokens (2.5-3x faster than the
+    batch-first layout for `m = 6`; a batched `dot_general` is slower still)."""
+    return jnp.sum(a[:, :, None] * b[None], axis=1)
+
+
+def _to_last(a: Array) -> Array:
+    return jnp.moveaxis(a, (-2, -1), (0, 1))
+
+
+def _to_first(a: Array) -> Array:
+    return jnp.moveaxis(a, (0, 1), (-2, -1))
+
+
 def _mm(a: Array, b: Array) -> Array:
-    """Batched product of small matrices as a broadcast multiply-sum (much faster
-    than a batched `dot_general` on CPU for `m <= 8`)."""
-    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+    """Batched product `(..., m, k) @ (..., k, p)` of small matrices (see `_mm_last`)."""
+    return _to_first(_mm_last(_to_last(a), _to_last(b)))
 
 
 def expm_small(a: Array) -> Array:
     """Matrix exponential of a batch `(..., m, m)` of small matrices.
 
-    Scaling and squaring: `a / 2^j` with infinity norm at most 1/4, a degree-12
-    Taylor polynomial (truncation error below `3e-18`), then `j` squarings (at
-    most 12, i.e. norms up to 1024 — a rotation angle far beyond any sensible
-    step — unrolled with `where`, so reverse-mode differentiation works).
+    Scaling and squaring: `a / 2^j` with infinity norm at most 1/4, the degree-12
+    Taylor polynomial (truncation error below `3e-18`) evaluated by
+    Paterson–Stockmeyer (`A^2, A^3, A^4`, then Horner in `A^4`: five matrix
+    products instead of twelve), then `j` squarings (at most 12, i.e. norms up to
+    1024 — a rotation angle far beyond any sensible step). Each squaring round is a
+    `lax.cond` that is skipped when no matrix of the batch needs it (the usual case
+    for a step's generators), so reverse-mode differentiation still works.
+    Computed batch-last (`_mm_last`).
+
+    ??? cite
+        M. S. Paterson, L. J. Stockmeyer, *On the number of nonscalar
+        multiplications necessary to evaluate polynomials*, SIAM J. Comput. 2
+        (1973) 60–66.
     """
-    norm = jnp.max(jnp.sum(jnp.abs(a), axis=-1), axis=-1)
+    a = _to_last(a)
+    norm = jnp.max(jnp.sum(jnp.abs(a), axis=1), axis=0)
     safe = jnp.where(norm > _SCALED_NORM, norm, _SCALED_NORM)
     j = jnp.clip(jnp.ceil(jnp.log2(safe / _SCALED_NORM)), 0, _MAX_SQUARINGS)
-    a = a * (2.0 ** -j)[..., None, None]
-    eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
-    r = eye
-    for k in range(_TAYLOR_DEGREE, 0, -1):
-        r = eye + _mm(a, r) / k
+    a = a * 2.0**-j
+    eye = jnp.eye(a.shape[0], dtype=a.dtype).reshape(a.shape[:2] + (1,) * (a.ndim - 2))
+    powers = [eye, a, _mm_last(a, a)]
+    powers.append(_mm_last(powers[2], a))
+    a4 = _mm_last(powers[2], powers[2])
+    inv_fact = [1.0 / math.factorial(k) for k in range(_TAYLOR_DEGREE + 1)]
+
+    def block(b):  # sum_{i<4} A^i / (4b + i)!
+        return sum(inv_fact[4 * b + i] * powers[i] for i in range(4))
+
+    r = block(2) + inv_fact[12] * a4
+    r = block(1) + _mm_last(a4, r)
+    r = block(0) + _mm_last(a4, r)
 
     for k in range(_MAX_SQUARINGS):
-        r = jnp.where((k < j)[..., None, None], _mm(r, r), r)
-    return r
+        r = lax.cond(
+            jnp.any(k < j),
+            lambda r: jnp.where(k < j, _mm_last(r, r), r),
+            lambda r: r,
+            r,
+        )
+    return _to_first(r)
 
 
 class GramAlgebra(eqx.Module):
