@@ -8,7 +8,8 @@ path of $L + 1 = 7$ token configurations $h_0, \dots, h_6 \in \mathbb R^{n \time
 Each $h_k = \gamma_k \odot \mathrm{LN}(u_k) + b_k$ is the affine image of a LayerNorm
 output, so its LayerNorm projection
 
-$$x_k = \mathrm{LN}(h_k) = \frac{h_k - \operatorname{mean}(h_k)}{\operatorname{std}(h_k)}
+$$x_k = \mathrm{LN}(h_k)
+  = \frac{h_k - \operatorname{mean}(h_k)}{\operatorname{std}(h_k)}
 \in \{x : \operatorname{mean}(x) = 0,\ |x|^2 = d\}$$
 
 (`spherejax.LayerNormSphere()`) is the token's direction in the residual stream, the
@@ -77,7 +78,8 @@ def minilm_trajectories(
     residual stream $h_0$ (embeddings after their LayerNorm) and $h_1, \dots, h_6$
     (after each block). The result for a sentence of $n$ tokens is
     `manifold.project(h)` with `h` of shape `(7, n, 384)`: with the default
-    `LayerNormSphere()` the LayerNorm map $x = (h - \operatorname{mean} h)/\operatorname{std} h$
+    `LayerNormSphere()` the LayerNorm map
+    $x = (h - \operatorname{mean} h)/\operatorname{std} h$
     row by row; with `spherejax.Euclidean()` the raw hidden states. Layer $k$ is the
     path's point at time $t = k$.
 
