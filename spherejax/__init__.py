@@ -104,6 +104,15 @@ from ._io import (
     save as save,
 )
 
+from ._real import (
+    constant_velocity_baseline as constant_velocity_baseline,
+    interval_actions as interval_actions,
+    LowRankLayerFlow as LowRankLayerFlow,
+    minilm_dataset as minilm_dataset,
+    minilm_trajectories as minilm_trajectories,
+    MiniLMData as MiniLMData,
+    tracking_ratio as tracking_ratio,
+)
 
 try:
     __version__ = importlib.metadata.version("spherejax")

@@ -49,7 +49,7 @@ def _scalar(name: str, value) -> Array:
         raise ValueError(f"`{name}` must be a scalar; got shape {value.shape}.")
     if not jnp.issubdtype(value.dtype, jnp.inexact):
         value = value.astype(jnp.result_type(float))
-    if is_concrete(value) and not bool(jnp.isfinite(value)):
+    if is_concrete(value) and not bool(np.isfinite(np.asarray(value))):
         raise ValueError(f"`{name}` must be finite; got {value}.")
     return value
 
@@ -362,7 +362,7 @@ class Layerwise(AbstractField):
                 f"`times` must hold the {len(fields) + 1} layer boundaries "
                 f"t_0 < ... < t_L for {len(fields)} fields; got shape {times.shape}."
             )
-        if is_concrete(times) and not bool(jnp.all(jnp.diff(times) > 0)):
+        if is_concrete(times) and not bool(np.all(np.diff(np.asarray(times)) > 0)):
             raise ValueError("`times` must be strictly increasing.")
         structures = {
             jax.tree_util.tree_structure(eqx.filter(f, eqx.is_array, inverse=True))

