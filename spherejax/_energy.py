@@ -29,9 +29,9 @@ def interaction_energy(
 
     ??? cite
         Geshkovski et al., *A mathematical perspective on Transformers*, §3;
-        Burger, Erbar, Hoffmann, Matthes, Schlichting, *Analysis of mean-field
+        M. Burger, S. Kabri, Y. Korolev, T. Roith, L. Weigand, *Analysis of mean-field
         models arising from self-attention dynamics in transformer architectures
-        with layer normalization* (2025).
+        with layer normalization*, Phil. Trans. R. Soc. A 383 (2025) 20240233.
     """
     x = jnp.asarray(x)
     beta = _scalar("beta", beta).astype(x.dtype)
