@@ -444,7 +444,7 @@ def fit_command(options: dict) -> dict:
         jnp.asarray(o["beta"], dtype),
         normalization=o["normalization"],
     )
-    trainable = eqx_filter(model)
+    trainable = _trainable_qkv(model)
     if o["loss"] == "tracking":
         loss = sj.TrackingLoss()
     else:
@@ -502,7 +502,7 @@ def fit_command(options: dict) -> dict:
     return summary
 
 
-def eqx_filter(model):
+def _trainable_qkv(model):
     """Trainable leaves of a `SelfAttention`: Q, K and V (beta stays fixed)."""
     import equinox as eqx
     import jax
