@@ -41,6 +41,18 @@ from jaxtyping import Array, Float
 NORMALIZATIONS = ("softmax", "unnormalized", "sinkhorn", "hardmax")
 
 
+def _check_normalization(normalization: str, causal: bool) -> None:
+    """Raise a `ValueError` unless `normalization` is one of `NORMALIZATIONS` and
+    can be combined with `causal` (Sinkhorn cannot)."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"unknown `normalization` {normalization!r}; "
+            f"expected one of {NORMALIZATIONS}."
+        )
+    if causal and normalization == "sinkhorn":
+        raise ValueError("`normalization='sinkhorn'` cannot be combined with `causal`.")
+
+
 def scores(
     xq: Float[Array, "nq d"],
     xk: Float[Array, "nk d"],
@@ -428,13 +440,7 @@ def attend(
     forward and (by recomputation) in the backward pass: memory `O(n d + c^2 h)`.
     Results equal the dense ones up to rounding.
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"unknown `normalization` {normalization!r}; "
-            f"expected one of {NORMALIZATIONS}."
-        )
-    if causal and normalization == "sinkhorn":
-        raise ValueError("`normalization='sinkhorn'` cannot be combined with `causal`.")
+    _check_normalization(normalization, causal)
     n = x.shape[0]
     chunked = chunk_size is not None and chunk_size < n
     if uses_dot_product_attention(x.dtype, normalization, chunk_size, n):

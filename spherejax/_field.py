@@ -15,7 +15,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._attention import NORMALIZATIONS, attend
+from ._attention import _check_normalization, attend
 from ._manifold import AbstractManifold, Sphere
 from ._misc import is_concrete
 
@@ -121,13 +121,7 @@ class SelfAttention(AbstractField):
                 f"`V` must have shape {(h, d, d) if h > 1 else (d, d)} to match "
                 f"`Q` of shape {Q.shape}; got {V.shape}."
             )
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"unknown `normalization` {normalization!r}; "
-                f"expected one of {NORMALIZATIONS}."
-            )
-        if causal and normalization == "sinkhorn":
-            raise ValueError("`normalization='sinkhorn'` cannot be combined with `causal`.")
+        _check_normalization(normalization, causal)
         if not isinstance(manifold, AbstractManifold):
             raise ValueError(f"`manifold` must be a spherejax manifold; got {manifold!r}.")
         if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
