@@ -178,23 +178,24 @@ class SelfAttention(AbstractField):
                 f"{self.weights.shape[0]} entries."
             )
 
-    def __call__(self, t, y, args=None):
-        del t, args
-        self.check_tokens(y)
-        dt = y.dtype
-        log_w = None if self.weights is None else jnp.log(self.weights.astype(dt))
-        v = attend(
-            y,
-            self.Q.astype(dt),
-            self.K.astype(dt),
-            self.V.astype(dt),
-            self.beta.astype(dt),
+    def _attend_args(self, dtype) -> tuple[tuple[Array, ...], dict]:
+        """`(Q, K, V, beta)` cast to `dtype` and the keyword options that
+        `attend` and `attend_rows` take from this field (log-weights included)."""
+        log_w = None if self.weights is None else jnp.log(self.weights.astype(dtype))
+        params = tuple(a.astype(dtype) for a in (self.Q, self.K, self.V, self.beta))
+        options = dict(
             normalization=self.normalization,
             causal=self.causal,
             log_weights=log_w,
-            sinkhorn_iters=self.sinkhorn_iters,
             chunk_size=self.chunk_size,
         )
+        return params, options
+
+    def __call__(self, t, y, args=None):
+        del t, args
+        self.check_tokens(y)
+        params, options = self._attend_args(y.dtype)
+        v = attend(y, *params, sinkhorn_iters=self.sinkhorn_iters, **options)
         return self.manifold.to_tangent(y, v)
 
 

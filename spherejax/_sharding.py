@@ -162,7 +162,6 @@ class TokenSharded(AbstractField):
         del args
         self.check_tokens(y)
         field = self.field
-        dt = y.dtype
         axis = self.axis
         params, static = eqx.partition(field, eqx.is_array)
 
@@ -171,20 +170,8 @@ class TokenSharded(AbstractField):
             nl = y_local.shape[0]
             qidx = jax.lax.axis_index(axis) * nl + jnp.arange(nl)
             keys = jax.lax.all_gather(y_local, axis, tiled=True)
-            log_w = None if f.weights is None else jnp.log(f.weights.astype(dt))
-            v = attend_rows(
-                y_local,
-                qidx,
-                keys,
-                f.Q.astype(dt),
-                f.K.astype(dt),
-                f.V.astype(dt),
-                f.beta.astype(dt),
-                normalization=f.normalization,
-                causal=f.causal,
-                log_weights=log_w,
-                chunk_size=f.chunk_size,
-            )
+            qkvb, options = f._attend_args(y_local.dtype)
+            v = attend_rows(y_local, qidx, keys, *qkvb, **options)
             return f.manifold.to_tangent(y_local, v)
 
         run = jax.shard_map(
