@@ -43,6 +43,14 @@ class AbstractField(eqx.Module):
         return None
 
 
+def _check_token_dim(y: Array, d: int) -> None:
+    """Raise a `ValueError` unless the tokens `y` have dimension `d` (last axis)."""
+    if y.shape[-1] != d:
+        raise ValueError(
+            f"`y0` has dimension d={y.shape[-1]} but the field expects d={d}."
+        )
+
+
 def _scalar(name: str, value) -> Array:
     value = jnp.asarray(value)
     if value.ndim != 0:
@@ -168,10 +176,7 @@ class SelfAttention(AbstractField):
 
     def check_tokens(self, y):
         super().check_tokens(y)
-        if y.shape[-1] != self.dim:
-            raise ValueError(
-                f"`y0` has dimension d={y.shape[-1]} but the field expects d={self.dim}."
-            )
+        _check_token_dim(y, self.dim)
         if self.weights is not None and y.shape[-2] != self.weights.shape[0]:
             raise ValueError(
                 f"`y0` has n={y.shape[-2]} tokens but `weights` has "
@@ -262,11 +267,7 @@ class FeedForward(AbstractField):
 
     def check_tokens(self, y):
         super().check_tokens(y)
-        if y.shape[-1] != self.W1.shape[1]:
-            raise ValueError(
-                f"`y0` has dimension d={y.shape[-1]} but the field expects "
-                f"d={self.W1.shape[1]}."
-            )
+        _check_token_dim(y, self.W1.shape[1])
 
     def __call__(self, t, y, args=None):
         del t, args
