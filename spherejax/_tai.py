@@ -45,6 +45,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._field import AbstractField, FeedForward, Layerwise
 from ._manifold import LayerNormSphere, _dot
 from ._misc import safe_norm
+from ._transformer import _steps_and_tokens
 
 
 def relu_projection(v: ArrayLike) -> Array:
@@ -363,15 +364,7 @@ def tai_transformer(
         raise ValueError(
             f"`model` must be a `TaiTransformer`; got {type(model).__name__}."
         )
-    if not final:
-        if int(num_steps) != num_steps or num_steps < 0:
-            raise ValueError(
-                f"`num_steps` must be a non-negative integer; got {num_steps}."
-            )
-        num_steps = int(num_steps)
-    u0 = jnp.asarray(u0)
-    if not jnp.issubdtype(u0.dtype, jnp.floating):
-        u0 = u0.astype(jnp.result_type(float))
+    num_steps, u0 = _steps_and_tokens(num_steps, "num_steps", final, u0)
     if u0.ndim != 2:
         raise ValueError(f"`u0` must have shape `(n, N)`; got {u0.shape}.")
     h, t0 = jnp.asarray(h, u0.dtype), jnp.asarray(t0, u0.dtype)

@@ -60,6 +60,24 @@ def _sublayers(field: AbstractField, t, split: bool) -> tuple[AbstractField, ...
     return (field,)
 
 
+def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple:
+    """The step count `num` and input tokens `x0` of a discrete stack, checked.
+
+    Unless `final` (a `while` loop, where `num` may be traced), `num` must be a
+    non-negative integer (`name` is its argument name in the error) and becomes an
+    `int`; `x0` becomes an array, cast to the default float type if not floating.
+    Shared by `transformer` and `tai_transformer`.
+    """
+    if not final:
+        if int(num) != num or num < 0:
+            raise ValueError(f"`{name}` must be a non-negative integer; got {num}.")
+        num = int(num)
+    x0 = jnp.asarray(x0)
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        x0 = x0.astype(jnp.result_type(float))
+    return num, x0
+
+
 def transformer(
     field: AbstractField,
     y0: Float[ArrayLike, "n d"],
@@ -126,15 +144,7 @@ def transformer(
         raise ValueError(
             f"`field` must be a spherejax field; got {type(field).__name__}."
         )
-    if not final:
-        if int(num_layers) != num_layers or num_layers < 0:
-            raise ValueError(
-                f"`num_layers` must be a non-negative integer; got {num_layers}."
-            )
-        num_layers = int(num_layers)
-    y0 = jnp.asarray(y0)
-    if not jnp.issubdtype(y0.dtype, jnp.floating):
-        y0 = y0.astype(jnp.result_type(float))
+    num_layers, y0 = _steps_and_tokens(num_layers, "num_layers", final, y0)
     field.check_tokens(y0)
     dtype = y0.dtype
     h, t0 = jnp.asarray(h, dtype), jnp.asarray(t0, dtype)
