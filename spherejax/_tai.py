@@ -45,7 +45,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._field import AbstractField, FeedForward, Layerwise
 from ._manifold import LayerNormSphere, _dot
 from ._misc import safe_norm
-from ._transformer import _steps_and_tokens
+from ._transformer import _all_states, _last_state, _steps_and_tokens
 
 
 def relu_projection(v: ArrayLike) -> Array:
@@ -380,17 +380,9 @@ def _step_fn(model, scheme, h, t0, dtype):
 
 @eqx.filter_jit
 def _run(model, u0, h, t0, num_steps, scheme):
-    step = _step_fn(model, scheme, h, t0, u0.dtype)
-
-    def body(u, k):
-        u = step(u, k)
-        return u, u
-
-    _, us = jax.lax.scan(body, u0, jnp.arange(num_steps))
-    return jnp.concatenate([u0[None], us])
+    return _all_states(_step_fn(model, scheme, h, t0, u0.dtype), u0, num_steps)
 
 
 @eqx.filter_jit
 def _run_last(model, u0, h, t0, num_steps, scheme):
-    step = _step_fn(model, scheme, h, t0, u0.dtype)
-    return jax.lax.fori_loop(0, num_steps, lambda k, u: step(u, k), u0)
+    return _last_state(_step_fn(model, scheme, h, t0, u0.dtype), u0, num_steps)

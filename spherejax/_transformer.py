@@ -78,6 +78,24 @@ def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple:
     return num, x0
 
 
+def _all_states(step, x0, num_steps):
+    """`x0` and the `num_steps` states after it, `x_{k+1} = step(x_k, k)` (a scan;
+    shape `(num_steps + 1, *x0.shape)`)."""
+
+    def body(x, k):
+        x = step(x, k)
+        return x, x
+
+    _, xs = jax.lax.scan(body, x0, jnp.arange(num_steps))
+    return jnp.concatenate([x0[None], xs])
+
+
+def _last_state(step, x0, num_steps):
+    """The state after `num_steps` steps `x_{k+1} = step(x_k, k)` (`num_steps` may be
+    traced: a `fori_loop`)."""
+    return jax.lax.fori_loop(0, num_steps, lambda k, x: step(x, k), x0)
+
+
 def transformer(
     field: AbstractField,
     y0: Float[ArrayLike, "n d"],
@@ -176,19 +194,13 @@ def _layer_fn(field, norm, split, tangent, args, h, t0, dtype):
 @eqx.filter_jit
 def _stack(field, y0, num_layers, h, t0, norm, split, tangent, args):
     layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype)
-
-    def body(x, k):
-        x = layer(x, k)
-        return x, x
-
-    _, ys = jax.lax.scan(body, y0, jnp.arange(num_layers))
-    return jnp.concatenate([y0[None], ys])
+    return _all_states(layer, y0, num_layers)
 
 
 @eqx.filter_jit
 def _last(field, y0, num_layers, h, t0, norm, split, tangent, args):
     layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype)
-    return jax.lax.fori_loop(0, num_layers, lambda k, x: layer(x, k), y0)
+    return _last_state(layer, y0, num_layers)
 
 
 class RadiusSphere(AbstractManifold):
