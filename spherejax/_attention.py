@@ -113,16 +113,21 @@ def sinkhorn_potentials(
     def col(f):
         return -logsumexp(logits + (f + log_w)[:, :, None], axis=-2)
 
+    h, n, _ = logits.shape
+    return _sinkhorn_loop(row, col, jnp.zeros((h, n), logits.dtype), iters)
+
+
+def _sinkhorn_loop(row, col, zeros: Array, iters: int) -> tuple[Array, Array]:
+    """The Sinkhorn alternation shared by the dense and blocked evaluations:
+    `f = row(0)`, then `iters` times `g = col(f)`, `f = row(g)`; returns `(f, g)`
+    (so the last update is the row one). `zeros` is the initial `g`."""
+
     def body(_, fg):
         f, g = fg
         g = col(f)
         return row(g), g
 
-    h, n, _ = logits.shape
-    zeros = jnp.zeros((h, n), logits.dtype)
-    f0 = row(zeros)
-    f, g = jax.lax.fori_loop(0, iters, body, (f0, zeros))
-    return f, g
+    return jax.lax.fori_loop(0, iters, body, (row(zeros), zeros))
 
 
 def attention_matrix(
@@ -360,13 +365,7 @@ def _sinkhorn_chunked(x, Q, K, V, beta, log_w, iters, chunk_size):
     def col(f):  # g_j = -LSE_i(beta s_ij + f_i + log w_i): keys act as queries
         return -blocked(kx, idx, zeros, qx, none, f + lw, beta, mode="lse", **kw)
 
-    def body(_, fg):
-        f, g = fg
-        g = col(f)
-        return row(g), g
-
-    f0 = row(zeros)
-    _, g = jax.lax.fori_loop(0, iters, body, (f0, zeros))
+    _, g = _sinkhorn_loop(row, col, zeros, iters)
     # the last update is the row one, so A_ij = softmax_j(beta s_ij + g_j + log w_j)
     return blocked(qx, idx, zeros, kx, vals, g + lw, beta, mode="softmax", **kw)
 
