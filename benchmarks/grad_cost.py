@@ -5,7 +5,8 @@ Problem of benchmark 2 (SA, n = 256, d = 64, beta = 4, T = 10, rtol = atol =
 functional of the final state; gradient with respect to (Q, K, V, beta) by
 `jax.grad` through `diffrax.RecursiveCheckpointAdjoint` (spherejax's default),
 with its default checkpointing (binomial, sized by `max_steps`) and with one
-checkpoint per step. Forward and gradient are compiled first, then timed
+checkpoint per step, and through `spherejax.ReplayAdjoint` (the accepted steps
+replayed from their stored stages, no re-run; `max_steps=128`). Forward and gradient are compiled first, then timed
 interleaved in this process (median over rounds of the per-round ratio).
 
     python benchmarks/grad_cost.py
@@ -47,10 +48,18 @@ def main():
         _, steps = jax.jit(loss)(params)
         steps = int(steps)
         per_step = diffrax.RecursiveCheckpointAdjoint(checkpoints=steps + 1)
+        replay = sj.ReplayAdjoint(max_steps=128)
+        g_ref = jax.jit(jax.grad(lambda p: loss(p)[0]))(params)
+        g_rep = jax.jit(jax.grad(lambda p: loss(p, replay)[0]))(params)
+        rel = max(
+            float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+            for a, b in zip(g_ref, g_rep)
+        )
         fns = {
             "forward": jax.jit(lambda p: loss(p)[0]),
             "grad": jax.jit(jax.grad(lambda p: loss(p)[0])),
             "grad_per_step_ckpt": jax.jit(jax.grad(lambda p: loss(p, per_step)[0])),
+            "grad_replay": jax.jit(jax.grad(lambda p: loss(p, replay)[0])),
         }
         args = {k: (params,) for k in fns}
         compile_s = {}
@@ -65,6 +74,9 @@ def main():
             f"grad/forward={ratio['grad']:.2f} "
             f"grad_ckpt_per_step_ms={1e3 * med['grad_per_step_ckpt']:.1f} "
             f"grad_ckpt_per_step/forward={ratio['grad_per_step_ckpt']:.2f} "
+            f"grad_replay_ms={1e3 * med['grad_replay']:.1f} "
+            f"grad_replay/forward={ratio['grad_replay']:.2f} "
+            f"replay_vs_default_rel_diff={rel:.1e} "
             f"compile_s(fwd,grad)={compile_s['forward']:.1f},{compile_s['grad']:.1f}",
             flush=True,
         )

@@ -17,6 +17,7 @@ from ._field import (
     SelfAttention as SelfAttention,
     Sum as Sum,
 )
+from ._adjoint import ReplayAdjoint as ReplayAdjoint
 from ._integrate import solve as solve
 from ._manifold import (
     AbstractManifold as AbstractManifold,

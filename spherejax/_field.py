@@ -198,10 +198,14 @@ class SelfAttention(AbstractField):
 
     def __call__(self, t, y, args=None):
         del t, args
+        return self.manifold.to_tangent(y, self.attention(y))
+
+    def attention(self, y: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        r"""The attention output before the tangent projection,
+        $v_i = \sum_h \sum_j A^h_{ij} V_h y_j$ (the field is `to_tangent(y, v)`)."""
         self.check_tokens(y)
         params, options = self._attend_args(y.dtype)
-        v = attend(y, *params, sinkhorn_iters=self.sinkhorn_iters, **options)
-        return self.manifold.to_tangent(y, v)
+        return attend(y, *params, sinkhorn_iters=self.sinkhorn_iters, **options)
 
 
 SelfAttention.__init__.__doc__ = """**Arguments:**
