@@ -201,13 +201,16 @@ class ShootingLoss(eqx.Module):
 
     with $\phi^X$ the flow of the field, solved from each observed initial state and
     saved at the observation times. Gradients go through the solver (default
-    `RecursiveCheckpointAdjoint`, i.e. discretise-then-optimise). Called as
+    `RecursiveCheckpointAdjoint`, i.e. discretise-then-optimise;
+    `adjoint=spherejax.ReplayAdjoint()` gives the same kind of gradient without
+    re-running steps, with the adaptive steps ending on the observation times).
+    Called as
     `loss(field, (ts, paths))`, `paths` of shape `(B, T, n, d)`.
     """
 
     solver: diffrax.AbstractSolver | None = None
     dt0: float | None = None
-    adjoint: diffrax.AbstractAdjoint | None = None
+    adjoint: object = None  # a diffrax adjoint or `spherejax.ReplayAdjoint`
     rtol: float = 1e-6
     atol: float = 1e-8
 

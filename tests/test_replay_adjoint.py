@@ -189,3 +189,19 @@ def test_float32(getkey):
     g = eqx.filter_grad(loss)(field, sj.ReplayAdjoint())
     g_ref = eqx.filter_grad(loss)(field, None)
     _assert_close_trees(g, g_ref, 1e-4)
+
+
+def test_shooting_loss(getkey):
+    # observation times start after t0 = 0.5; the default adjoint interpolates at
+    # them while ReplayAdjoint steps onto them: both approximate the same gradient
+    true = _attention(getkey())
+    ts = jnp.linspace(0.5, 2.5, 5)
+    x0 = sj.Sphere().random(getkey(), (2, N, D))
+    paths = jax.vmap(lambda x: sj.solve(true, x, ts[-1], t0=ts[0], ts=ts, **TOL).ys)(x0)
+    guess = sj.SelfAttention.identity(D, 1.0)
+
+    def grad(adjoint):
+        loss = sj.ShootingLoss(adjoint=adjoint, rtol=1e-10, atol=1e-10)
+        return eqx.filter_grad(lambda f: loss(f, (ts, paths)))(guess)
+
+    _assert_close_trees(grad(sj.ReplayAdjoint(max_steps=1024)), grad(None), 1e-7)
