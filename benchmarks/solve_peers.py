@@ -5,10 +5,14 @@ d = 64, beta = 4, t in [0, 10], float64, one random initial state. Reference:
 scipy `DOP853` at `rtol = atol = 1e-13` (checked against spherejax at 1e-12).
 For each solver the tolerance ladder `rtol = atol = 1e-4, 1e-5, ...` is walked
 until the final state is within 1e-6 (max abs) of the reference; that solve is
-then timed (median of repeats, after compilation). All in one process.
+then timed: all solvers interleaved, round after round, and the figure is the
+median over rounds of the per-round time ratio (after compilation). All in one
+process.
 
 - spherejax: `solve(field, y0, 10.0, rtol=tol, atol=tol)` (default solver
-  `Retract(Tsit5())`, and `Retract(Dopri8())`, the order of DOP853), jitted;
+  `Retract(Tsit5())`, and `Retract(Dopri8())`, the order of DOP853), jitted, with
+  the general `SelfAttention.identity` field and with `IdentityAttention` (no
+  projections computed, as in the peers' fields);
 - scipy: `solve_ivp(method="DOP853")` with a numpy field (the same projected
   velocity), final state renormalised;
 - torchdiffeq: `odeint(method="dopri5")` on CPU with a torch field (same
@@ -20,7 +24,6 @@ Peers come from the `bench` extra (`pip install -e .[bench]`, plus
     python benchmarks/solve_peers.py
 """
 
-import statistics
 import time
 
 import diffrax
@@ -29,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.integrate
 
-from _common import header
+from _common import compare, header
 
 import spherejax as sj
 
@@ -79,8 +82,10 @@ def make_torch():
     return run, torch.__version__
 
 
-def make_jax(tol, solver=None):
-    field = sj.SelfAttention.identity(D, BETA)
+def make_jax(tol, solver=None, identity=False):
+    # the general field computes Q x, K x, V x (three n x d x d products); the
+    # peers' fields and `IdentityAttention` hard-code Q = K = V = I
+    field = sj.IdentityAttention(BETA) if identity else sj.SelfAttention.identity(D, BETA)
 
     @jax.jit
     def run(y0):
@@ -88,16 +93,6 @@ def make_jax(tol, solver=None):
         return sol.ys[-1], sol.stats["num_steps"]
 
     return run
-
-
-def timed(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        jax.block_until_ready(out)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts), min(ts)
 
 
 def main():
@@ -111,13 +106,14 @@ def main():
     print(f"reference check: |spherejax(1e-12) - reference| = "
           f"{np.max(np.abs(check - ref)):.1e}")
     solvers = {"spherejax": None, "spherejax_dopri8": diffrax.Dopri8(),
-               "scipy_dop853": None, "torchdiffeq_dopri5": None}
+               "spherejax_identity": None, "scipy_dop853": None,
+               "torchdiffeq_dopri5": None}
     torch_run, torch_version = make_torch()
-    results = {}
+    fns = {}
     for name in solvers:
         for tol in TOLS:
             if name.startswith("spherejax"):
-                run = make_jax(tol, solvers[name])
+                run = make_jax(tol, solvers[name], identity=name.endswith("identity"))
                 yj = jnp.asarray(y0)
                 t = time.perf_counter()
                 y, steps = jax.block_until_ready(run(yj))
@@ -135,20 +131,20 @@ def main():
             err = float(np.max(np.abs(np.asarray(y) - ref)))
             if err <= TARGET:
                 break
-        repeats = 7 if name.startswith("spherejax") else 3
-        med, best = timed(fn, repeats)
-        results[name] = med
-        print(f"solver={name} tol={tol:.0e} err={err:.2e} median_s={med:.4f} "
-              f"min_s={best:.4f} {extra}", flush=True)
-    print(
-        f"ratios (peer time / spherejax time, same process): "
-        f"scipy={results['scipy_dop853'] / results['spherejax']:.1f}x "
-        f"torchdiffeq={results['torchdiffeq_dopri5'] / results['spherejax']:.1f}x; "
-        f"with Retract(Dopri8): scipy="
-        f"{results['scipy_dop853'] / results['spherejax_dopri8']:.1f}x torchdiffeq="
-        f"{results['torchdiffeq_dopri5'] / results['spherejax_dopri8']:.1f}x"
-    )
-
+        fns[name] = fn
+        print(f"solver={name} tol={tol:.0e} err={err:.2e} {extra}", flush=True)
+    # interleaved rounds (every solver once per round), median of per-round ratios:
+    # on a shared machine the ratio is much steadier than raw times
+    med, ratio = compare(fns, {k: () for k in fns}, rounds=9, min_time=0.3)
+    for name in fns:
+        print(f"solver={name} median_s={med[name]:.4f} time/spherejax={ratio[name]:.2f}")
+    peers = ("scipy_dop853", "torchdiffeq_dopri5")
+    for base in ("spherejax", "spherejax_dopri8", "spherejax_identity"):
+        print(
+            f"ratios (peer time / {base} time, interleaved, same process): "
+            + " ".join(f"{p}={ratio[p] / ratio[base]:.2f}x" for p in peers),
+            flush=True,
+        )
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ from ._energy import interaction_energy as interaction_energy
 from ._field import (
     AbstractField as AbstractField,
     FeedForward as FeedForward,
+    IdentityAttention as IdentityAttention,
     Layerwise as Layerwise,
     SelfAttention as SelfAttention,
     Sum as Sum,

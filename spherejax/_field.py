@@ -15,7 +15,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._attention import _check_normalization, attend
+from ._attention import _check_normalization, attend, uses_dot_product_attention
 from ._manifold import AbstractManifold, Sphere
 from ._misc import is_concrete
 
@@ -223,6 +223,113 @@ SelfAttention.__init__.__doc__ = """**Arguments:**
   and backward pass; equal to the dense result up to rounding).
 - `sinkhorn_iters`: number of log-domain Sinkhorn iterations.
 """
+
+
+class IdentityAttention(AbstractField):
+    r"""GLPR's pure self-attention, $Q = K = V = I_d$, with `beta` its only parameter:
+
+    $$\dot x_i = P_{x_i}\Big[\sum_j A_{ij}(X)\, x_j\Big],\qquad
+    A_{ij} \propto w_j\, m_{ij}\, e^{\beta \langle x_i, x_j\rangle}$$
+
+    (the SA/USA dynamics of GLPR eq. 2.3/2.7 as most of their results state them).
+    The same field as `SelfAttention.identity(d, beta, ...)`, but the identity
+    projections `Q x`, `K x`, `V x` are not computed: dense softmax/unnormalized
+    attention is two `n x n x d` products, against five products for the general
+    field (a `solve` at n = 256, d = 64 in float64 takes 0.85-0.90x the time:
+    `benchmarks/solve_peers.py`). Other normalisations, chunked evaluation, and
+    softmax on GPU/TPU (where `jax.nn.dot_product_attention` may serve it) go
+    through `SelfAttention` with identity matrices.
+
+    ??? cite
+        B. Geshkovski, C. Letrouit, Y. Polyanskiy, P. Rigollet, *A mathematical
+        perspective on Transformers*, arXiv:2312.10794.
+    """
+
+    beta: Float[Array, ""]
+    weights: Float[Array, " n"] | None
+    normalization: str = eqx.field(static=True)
+    causal: bool = eqx.field(static=True)
+    manifold: AbstractManifold
+    chunk_size: int | None = eqx.field(static=True)
+    sinkhorn_iters: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        beta: ArrayLike,
+        *,
+        normalization: str = "softmax",
+        causal: bool = False,
+        weights: ArrayLike | None = None,
+        manifold: AbstractManifold = Sphere(),
+        chunk_size: int | None = None,
+        sinkhorn_iters: int = 100,
+    ):
+        # the general constructor validates every option (d is not known yet)
+        general = SelfAttention.identity(
+            1,
+            beta,
+            normalization=normalization,
+            causal=causal,
+            weights=weights,
+            manifold=manifold,
+            chunk_size=chunk_size,
+            sinkhorn_iters=sinkhorn_iters,
+        )
+        self.beta = general.beta
+        self.weights = general.weights
+        self.normalization = general.normalization
+        self.causal = general.causal
+        self.manifold = general.manifold
+        self.chunk_size = general.chunk_size
+        self.sinkhorn_iters = general.sinkhorn_iters
+
+    def as_self_attention(self, d: int) -> SelfAttention:
+        """The same field as a `SelfAttention` with `Q = K = V = I_d`."""
+        return SelfAttention.identity(
+            d,
+            self.beta,
+            normalization=self.normalization,
+            causal=self.causal,
+            weights=self.weights,
+            manifold=self.manifold,
+            chunk_size=self.chunk_size,
+            sinkhorn_iters=self.sinkhorn_iters,
+        )
+
+    def check_tokens(self, y):
+        super().check_tokens(y)
+        if self.weights is not None and y.shape[-2] != self.weights.shape[0]:
+            raise ValueError(
+                f"`y0` has n={y.shape[-2]} tokens but `weights` has "
+                f"{self.weights.shape[0]} entries."
+            )
+
+    def __call__(self, t, y, args=None):
+        self.check_tokens(y)
+        n, d = y.shape
+        general = self.as_self_attention(d)
+        dense = self.chunk_size is None or self.chunk_size >= n
+        if (
+            self.normalization not in ("softmax", "unnormalized")
+            or not dense
+            or uses_dot_product_attention(y.dtype, self.normalization, None, n)
+        ):
+            return general(t, y, args)
+        dt = y.dtype
+        logits = self.beta.astype(dt) * (y @ y.T)
+        if self.weights is not None:
+            logits = logits + jnp.log(self.weights.astype(dt))
+        if self.causal:
+            mask = jnp.arange(n)[:, None] >= jnp.arange(n)[None, :]
+            logits = jnp.where(mask, logits, jnp.asarray(-jnp.inf, dt))
+        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        p = jnp.exp(logits - m)
+        v = p @ y
+        if self.normalization == "softmax":
+            v = v / jnp.sum(p, axis=-1, keepdims=True)
+        else:  # default weights 1/n
+            v = v * jnp.exp(m) / (n if self.weights is None else 1)
+        return self.manifold.to_tangent(y, v)
 
 
 class FeedForward(AbstractField):

@@ -229,3 +229,44 @@ def test_layerwise_built_inside_jit(getkey):
     bad = jnp.array([0.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="increasing"):
         jax.jit(lambda x: sj.Layerwise([sj.SelfAttention.identity(D, 1.0)] * 2, bad)(0.0, x))(x)
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "unnormalized"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_identity_attention_matches_numpy(normalization, causal, weighted, getkey):
+    x = sj.Sphere().random(getkey(), (N, D))
+    w = None
+    if weighted:
+        w = np.asarray(jr.uniform(getkey(), (N,), minval=0.5, maxval=1.5))
+        w = w / w.sum()
+    f = sj.IdentityAttention(1.7, normalization=normalization, causal=causal, weights=w)
+    eye = np.eye(D)[None]
+    ref = np_attention_velocity(x, eye, eye, eye, 1.7, normalization, causal, w)
+    np.testing.assert_allclose(f(0.0, x), ref, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(normalization="sinkhorn"), dict(normalization="hardmax"), dict(chunk_size=3)],
+)
+def test_identity_attention_equals_self_attention_identity(kwargs, getkey):
+    # the fast path (dense softmax) and the fallbacks: values and beta-gradients
+    x = sj.Sphere().random(getkey(), (N, D))
+
+    def value_and_grad(make):
+        def loss(beta):
+            v = make(beta)(0.0, x)
+            return jnp.sum(v**3), v
+
+        (_, v), g = jax.value_and_grad(loss, has_aux=True)(2.5)
+        return v, g
+
+    v1, g1 = value_and_grad(lambda b: sj.SelfAttention.identity(D, b, **kwargs))
+    v2, g2 = value_and_grad(lambda b: sj.IdentityAttention(b, **kwargs))
+    np.testing.assert_allclose(v2, v1, atol=1e-14)
+    np.testing.assert_allclose(float(g2), float(g1), rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown `normalization`"):
+        sj.IdentityAttention(1.0, normalization="relu")
+    with pytest.raises(ValueError, match="`weights` has"):
+        sj.IdentityAttention(1.0, weights=np.full(3, 1 / 3))(0.0, x)
