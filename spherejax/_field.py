@@ -234,8 +234,8 @@ class IdentityAttention(AbstractField):
     (the SA/USA dynamics of GLPR eq. 2.3/2.7 as most of their results state them).
     The same field as `SelfAttention.identity(d, beta, ...)`, but the identity
     projections `Q x`, `K x`, `V x` are not computed: dense softmax/unnormalized
-    attention is two `n x n x d` products, against five products for the general
-    field (a `solve` at n = 256, d = 64 in float64 takes 0.85-0.90x the time:
+    attention is two `n x n x d` products, where the general field adds three
+    `n x d x d` ones (a `solve` at n = 256, d = 64 in float64 takes 0.85-0.90x the time:
     `benchmarks/solve_peers.py`). Other normalisations, chunked evaluation, and
     softmax on GPU/TPU (where `jax.nn.dot_product_attention` may serve it) go
     through `SelfAttention` with identity matrices.
