@@ -264,10 +264,7 @@ class IdentityAttention(AbstractField):
         chunk_size: int | None = None,
         sinkhorn_iters: int = 100,
     ):
-        # the general constructor validates every option (d is not known yet)
-        general = SelfAttention.identity(
-            1,
-            beta,
+        options = dict(
             normalization=normalization,
             causal=causal,
             weights=weights,
@@ -275,26 +272,16 @@ class IdentityAttention(AbstractField):
             chunk_size=chunk_size,
             sinkhorn_iters=sinkhorn_iters,
         )
-        self.beta = general.beta
-        self.weights = general.weights
-        self.normalization = general.normalization
-        self.causal = general.causal
-        self.manifold = general.manifold
-        self.chunk_size = general.chunk_size
-        self.sinkhorn_iters = general.sinkhorn_iters
+        # the general constructor validates every option (d is not known yet)
+        general = SelfAttention.identity(1, beta, **options)
+        for name in ("beta", *options):
+            setattr(self, name, getattr(general, name))
 
     def as_self_attention(self, d: int) -> SelfAttention:
         """The same field as a `SelfAttention` with `Q = K = V = I_d`."""
-        return SelfAttention.identity(
-            d,
-            self.beta,
-            normalization=self.normalization,
-            causal=self.causal,
-            weights=self.weights,
-            manifold=self.manifold,
-            chunk_size=self.chunk_size,
-            sinkhorn_iters=self.sinkhorn_iters,
-        )
+        names = ("normalization", "causal", "weights", "manifold", "chunk_size",
+                 "sinkhorn_iters")
+        return SelfAttention.identity(d, self.beta, **{k: getattr(self, k) for k in names})
 
     def check_tokens(self, y):
         super().check_tokens(y)
