@@ -15,7 +15,13 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._attention import _check_normalization, attend, uses_dot_product_attention
+from ._attention import (
+    _check_normalization,
+    _log_weights,
+    _mask,
+    attend,
+    uses_dot_product_attention,
+)
 from ._manifold import AbstractManifold, Sphere
 from ._misc import is_concrete
 
@@ -48,6 +54,15 @@ def _check_token_dim(y: Array, d: int) -> None:
     if y.shape[-1] != d:
         raise ValueError(
             f"`y0` has dimension d={y.shape[-1]} but the field expects d={d}."
+        )
+
+
+def _check_weight_count(y: Array, weights: Array | None) -> None:
+    """Raise a `ValueError` unless `weights` (if any) has one entry per token of `y`."""
+    if weights is not None and y.shape[-2] != weights.shape[0]:
+        raise ValueError(
+            f"`y0` has n={y.shape[-2]} tokens but `weights` has "
+            f"{weights.shape[0]} entries."
         )
 
 
@@ -177,11 +192,7 @@ class SelfAttention(AbstractField):
     def check_tokens(self, y):
         super().check_tokens(y)
         _check_token_dim(y, self.dim)
-        if self.weights is not None and y.shape[-2] != self.weights.shape[0]:
-            raise ValueError(
-                f"`y0` has n={y.shape[-2]} tokens but `weights` has "
-                f"{self.weights.shape[0]} entries."
-            )
+        _check_weight_count(y, self.weights)
 
     def _attend_args(self, dtype) -> tuple[tuple[Array, ...], dict]:
         """`(Q, K, V, beta)` cast to `dtype` and the keyword options that
@@ -285,37 +296,31 @@ class IdentityAttention(AbstractField):
 
     def check_tokens(self, y):
         super().check_tokens(y)
-        if self.weights is not None and y.shape[-2] != self.weights.shape[0]:
-            raise ValueError(
-                f"`y0` has n={y.shape[-2]} tokens but `weights` has "
-                f"{self.weights.shape[0]} entries."
-            )
+        _check_weight_count(y, self.weights)
 
     def __call__(self, t, y, args=None):
         self.check_tokens(y)
         n, d = y.shape
-        general = self.as_self_attention(d)
         dense = self.chunk_size is None or self.chunk_size >= n
         if (
             self.normalization not in ("softmax", "unnormalized")
             or not dense
             or uses_dot_product_attention(y.dtype, self.normalization, None, n)
         ):
-            return general(t, y, args)
+            return self.as_self_attention(d)(t, y, args)
         dt = y.dtype
-        logits = self.beta.astype(dt) * (y @ y.T)
-        if self.weights is not None:
-            logits = logits + jnp.log(self.weights.astype(dt))
-        if self.causal:
-            mask = jnp.arange(n)[:, None] >= jnp.arange(n)[None, :]
+        log_w = None if self.weights is None else jnp.log(self.weights.astype(dt))
+        logits = self.beta.astype(dt) * (y @ y.T) + _log_weights(n, dt, log_w)
+        mask = _mask(jnp.arange(n), n, self.causal)
+        if mask is not None:
             logits = jnp.where(mask, logits, jnp.asarray(-jnp.inf, dt))
         m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
         p = jnp.exp(logits - m)
         v = p @ y
         if self.normalization == "softmax":
             v = v / jnp.sum(p, axis=-1, keepdims=True)
-        else:  # default weights 1/n
-            v = v * jnp.exp(m) / (n if self.weights is None else 1)
+        else:
+            v = v * jnp.exp(m)
         return self.manifold.to_tangent(y, v)
 
 
