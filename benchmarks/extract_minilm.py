@@ -48,15 +48,24 @@ def main():
         raise SystemExit(f"sentences have different token counts {sorted(lengths)}")
     states = np.asarray(jnp.stack(paths), np.float32)
     np.savez_compressed(
-        args.out, states=states, sentences=np.array(SENTENCES), model=np.array(sj._real.MINILM)
+        args.out,
+        states=states,
+        sentences=np.array(SENTENCES),
+        model=np.array(sj._real.MINILM),
     )
     violation = float(sj.LayerNormSphere().violation(jnp.asarray(states)))
     cos = np.einsum("blid,bljd->blij", states, states) / states.shape[-1]
     iu = np.triu_indices(states.shape[2], 1)
     mean_cos = cos[:, :, iu[0], iu[1]].mean(axis=(0, 2))
-    print(f"# extract_minilm: {len(SENTENCES)} sentences in {elapsed:.1f} s (model load included)")
-    print(f"states {states.shape} float32, max LayerNorm-manifold violation {violation:.1e}")
-    print("mean pairwise token cosine by layer:", " ".join(f"{c:.3f}" for c in mean_cos))
+    print(
+        f"# extract_minilm: {len(SENTENCES)} sentences in {elapsed:.1f} s (model load included)"
+    )
+    print(
+        f"states {states.shape} float32, max LayerNorm-manifold violation {violation:.1e}"
+    )
+    print(
+        "mean pairwise token cosine by layer:", " ".join(f"{c:.3f}" for c in mean_cos)
+    )
     print(f"wrote {args.out}")
 
 

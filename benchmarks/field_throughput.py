@@ -14,7 +14,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-
 from _common import compare, header
 
 import spherejax as sj

@@ -17,7 +17,6 @@ import time
 import diffrax
 import jax
 import jax.numpy as jnp
-
 from _common import compare, header
 
 import spherejax as sj
@@ -32,8 +31,10 @@ def main():
     print(header("grad_cost"))
     for dtype in (jnp.float64, jnp.float32):
         keys = jax.random.split(jax.random.PRNGKey(0), 5)
-        Q, K, V = (jnp.eye(D, dtype=dtype) + 0.1 * jax.random.normal(k, (D, D), dtype)
-                   for k in keys[:3])
+        Q, K, V = (
+            jnp.eye(D, dtype=dtype) + 0.1 * jax.random.normal(k, (D, D), dtype)
+            for k in keys[:3]
+        )
         y0 = sj.Sphere().random(keys[3], (N, D)).astype(dtype)
         target = jax.random.normal(keys[4], (N, D), dtype)
         beta = jnp.asarray(BETA, dtype)

@@ -16,7 +16,6 @@ in one process, for SA with n = 256, d = 64 (float64 and float32):
 
 import jax
 import jax.numpy as jnp
-
 from _common import compare, header
 
 import spherejax as sj
@@ -43,8 +42,10 @@ def main():
 
         def euler(step):
             def run(params, y):
-                return jax.lax.scan(lambda y, _: (step(params, y), None), y, None,
-                                    length=STEPS)[0]
+                return jax.lax.scan(
+                    lambda y, _: (step(params, y), None), y, None, length=STEPS
+                )[0]
+
             return run
 
         plain = euler(lambda p, y: y + 0.01 * f(p, y))
@@ -54,6 +55,7 @@ def main():
             def h(params, y):
                 _, pb = jax.vjp(fn, params, y)
                 return pb(g)
+
             return h
 
         cases = {

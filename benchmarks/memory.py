@@ -66,12 +66,14 @@ def child(config: str):
         out["num_steps"] = int(sol.stats["num_steps"])
         out["violation"] = float(sj.Sphere().violation(y1))
     elif config in ("grad_compiled", "grad"):
+
         def loss(beta, V):
             f = sj.SelfAttention(Q, K, V, beta, chunk_size=CHUNK)
             return jnp.sum(jnp.sin(f(0.0, x)))
 
-        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(
-            jnp.float32(1.0), V).compile()
+        compiled = (
+            jax.jit(jax.grad(loss, argnums=(0, 1))).lower(jnp.float32(1.0), V).compile()
+        )
         mem = compiled.memory_analysis()
         if config == "grad":
             g_beta, _ = jax.block_until_ready(compiled(jnp.float32(1.0), V))
@@ -91,20 +93,31 @@ def main():
     from _common import header
 
     print(header("memory"))
-    print(f"dense (n, n) float32 array at n={N}: {N * N * 4 / 1e9:.1f} GB; "
-          f"at n=8192: {8192 * 8192 * 4 / 1e6:.0f} MB")
-    configs = ["baseline", "field", "step", "grad_compiled", "grad", "dense_field_8192",
-               "chunked_field_8192"]
+    print(
+        f"dense (n, n) float32 array at n={N}: {N * N * 4 / 1e9:.1f} GB; "
+        f"at n=8192: {8192 * 8192 * 4 / 1e6:.0f} MB"
+    )
+    configs = [
+        "baseline",
+        "field",
+        "step",
+        "grad_compiled",
+        "grad",
+        "dense_field_8192",
+        "chunked_field_8192",
+    ]
     if len(sys.argv) > 2:  # python memory.py --only grad field ...
         configs = sys.argv[2:]
     for config in configs:
-        proc = subprocess.run([sys.executable, __file__, config], capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, config], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             print(f"config={config} failed: {proc.stderr[-500:]}")
             continue
-        print(" ".join(f"{k}={v}" for k, v in json.loads(proc.stdout).items()),
-              flush=True)
+        print(
+            " ".join(f"{k}={v}" for k, v in json.loads(proc.stdout).items()), flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,15 @@ def fit_flow(ts, train, base, rank, steps, attention=True, lr=1e-2):
         spec = eqx.tree_at(lambda m: (m.alpha, m.beta), spec, (False, False))
     opt = optax.adam(optax.cosine_decay_schedule(lr, steps, 1e-2))
     start = time.perf_counter()
-    flow, losses = sj.fit(init, sj.TrackingLoss(), (ts, train), optimizer=opt,
-                          steps=steps, progress=False, filter_spec=spec)
+    flow, losses = sj.fit(
+        init,
+        sj.TrackingLoss(),
+        (ts, train),
+        optimizer=opt,
+        steps=steps,
+        progress=False,
+        filter_spec=spec,
+    )
     jax.block_until_ready(losses)
     return flow, losses, time.perf_counter() - start
 
@@ -92,9 +99,11 @@ def main():
         fresh = sj.minilm_trajectories(MORE)
         held_out = jnp.concatenate([held_out, jnp.stack(fresh).astype(train.dtype)])
         held_out = sj.LayerNormSphere().project(held_out)
-    print(f"# minilm_fit: train {train.shape[0]} sentences, held out {held_out.shape[0]}, "
-          f"n = {train.shape[2]}, rank {args.rank}, {args.steps} Adam steps, "
-          f"jax {jax.__version__} {jax.devices()[0].device_kind}")
+    print(
+        f"# minilm_fit: train {train.shape[0]} sentences, held out {held_out.shape[0]}, "
+        f"n = {train.shape[2]}, rank {args.rank}, {args.steps} Adam steps, "
+        f"jax {jax.__version__} {jax.devices()[0].device_kind}"
+    )
     start = time.perf_counter()
     base = sj.constant_velocity_baseline(ts, train)
     print(f"baseline (closed form): {time.perf_counter() - start:.2f} s")
@@ -102,17 +111,28 @@ def main():
     for attention in (True, False):
         name = "attention + token-wise" if attention else "token-wise only (alpha = 0)"
         _, _, t1 = fit_flow(ts, train, base, args.rank, 1, attention)
-        flow, losses, tn = fit_flow(ts, train, base, args.rank, args.steps + 1, attention)
+        flow, losses, tn = fit_flow(
+            ts, train, base, args.rank, args.steps + 1, attention
+        )
         per_step = (tn - t1) / args.steps
         f_test = np.asarray(sj.interval_actions(flow, ts, held_out))
         r_train = float(sj.tracking_ratio(flow, base, ts, train))
-        print(f"{name:28s} held-out ratio {f_test.sum() / b_test.sum():.3f}  train ratio "
-              f"{r_train:.3f}  loss {float(losses[0]):.2f} -> {float(losses[-1]):.2f}  "
-              f"{1e3 * per_step:.1f} ms/step, first step (compile) {t1:.1f} s")
-        print("   per layer held-out ratio:", " ".join(f"{r:.3f}" for r in f_test / b_test))
+        print(
+            f"{name:28s} held-out ratio {f_test.sum() / b_test.sum():.3f}  train ratio "
+            f"{r_train:.3f}  loss {float(losses[0]):.2f} -> {float(losses[-1]):.2f}  "
+            f"{1e3 * per_step:.1f} ms/step, first step (compile) {t1:.1f} s"
+        )
+        print(
+            "   per layer held-out ratio:",
+            " ".join(f"{r:.3f}" for r in f_test / b_test),
+        )
         if attention:
-            print("   alpha:", " ".join(f"{a:.2f}" for a in np.asarray(flow.alpha)),
-                  "  beta*d:", " ".join(f"{b:.1f}" for b in 384 * np.asarray(flow.beta)))
+            print(
+                "   alpha:",
+                " ".join(f"{a:.2f}" for a in np.asarray(flow.alpha)),
+                "  beta*d:",
+                " ".join(f"{b:.1f}" for b in 384 * np.asarray(flow.beta)),
+            )
 
 
 if __name__ == "__main__":

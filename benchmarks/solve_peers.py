@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.integrate
-
 from _common import compare, header
 
 import spherejax as sj
@@ -53,7 +52,12 @@ def np_field(x):
 def scipy_solve(y0, tol):
     sol = scipy.integrate.solve_ivp(
         lambda t, y: np_field(y.reshape(N, D)).ravel(),
-        (0.0, T1), y0.ravel(), method="DOP853", rtol=tol, atol=tol, t_eval=[T1],
+        (0.0, T1),
+        y0.ravel(),
+        method="DOP853",
+        rtol=tol,
+        atol=tol,
+        t_eval=[T1],
     )
     y = sol.y[:, -1].reshape(N, D)
     return y / np.linalg.norm(y, axis=1, keepdims=True), sol.nfev
@@ -73,8 +77,12 @@ def make_torch():
     def run(y0, tol):
         with torch.no_grad():
             y = torchdiffeq.odeint(
-                f, torch.from_numpy(np.array(y0)), torch.tensor([0.0, T1]),
-                method="dopri5", rtol=tol, atol=tol,
+                f,
+                torch.from_numpy(np.array(y0)),
+                torch.tensor([0.0, T1]),
+                method="dopri5",
+                rtol=tol,
+                atol=tol,
             )[-1]
             y = y / torch.linalg.norm(y, dim=1, keepdim=True)
         return y.numpy(), None
@@ -85,7 +93,9 @@ def make_torch():
 def make_jax(tol, solver=None, identity=False):
     # the general field computes Q x, K x, V x (three n x d x d products); the
     # peers' fields and `IdentityAttention` hard-code Q = K = V = I
-    field = sj.IdentityAttention(BETA) if identity else sj.SelfAttention.identity(D, BETA)
+    field = (
+        sj.IdentityAttention(BETA) if identity else sj.SelfAttention.identity(D, BETA)
+    )
 
     @jax.jit
     def run(y0):
@@ -100,14 +110,22 @@ def main():
     y0 = np.asarray(sj.Sphere().random(jax.random.PRNGKey(0), (N, D)))
     t = time.perf_counter()
     ref, ref_nfev = scipy_solve(y0, 1e-13)
-    print(f"reference: DOP853 rtol=atol=1e-13 nfev={ref_nfev} "
-          f"time_s={time.perf_counter() - t:.1f}")
+    print(
+        f"reference: DOP853 rtol=atol=1e-13 nfev={ref_nfev} "
+        f"time_s={time.perf_counter() - t:.1f}"
+    )
     check = np.asarray(make_jax(1e-12)(jnp.asarray(y0))[0])
-    print(f"reference check: |spherejax(1e-12) - reference| = "
-          f"{np.max(np.abs(check - ref)):.1e}")
-    solvers = {"spherejax": None, "spherejax_dopri8": diffrax.Dopri8(),
-               "spherejax_identity": None, "scipy_dop853": None,
-               "torchdiffeq_dopri5": None}
+    print(
+        f"reference check: |spherejax(1e-12) - reference| = "
+        f"{np.max(np.abs(check - ref)):.1e}"
+    )
+    solvers = {
+        "spherejax": None,
+        "spherejax_dopri8": diffrax.Dopri8(),
+        "spherejax_identity": None,
+        "scipy_dop853": None,
+        "torchdiffeq_dopri5": None,
+    }
     torch_run, torch_version = make_torch()
     fns = {}
     for name in solvers:
@@ -137,7 +155,9 @@ def main():
     # on a shared machine the ratio is much steadier than raw times
     med, ratio = compare(fns, {k: () for k in fns}, rounds=9, min_time=0.3)
     for name in fns:
-        print(f"solver={name} median_s={med[name]:.4f} time/spherejax={ratio[name]:.2f}")
+        print(
+            f"solver={name} median_s={med[name]:.4f} time/spherejax={ratio[name]:.2f}"
+        )
     peers = ("scipy_dop853", "torchdiffeq_dopri5")
     for base in ("spherejax", "spherejax_dopri8", "spherejax_identity"):
         print(
@@ -145,6 +165,7 @@ def main():
             + " ".join(f"{p}={ratio[p] / ratio[base]:.2f}x" for p in peers),
             flush=True,
         )
+
 
 if __name__ == "__main__":
     main()

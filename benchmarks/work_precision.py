@@ -59,7 +59,11 @@ def np_ffn(x, W1, b1, W2, b2):
 def reference(x0, T, rhs):
     sol = scipy.integrate.solve_ivp(
         lambda t, y: rhs(y.reshape(x0.shape)).ravel(),
-        (0.0, T), x0.ravel(), method="DOP853", rtol=1e-13, atol=1e-13,
+        (0.0, T),
+        x0.ravel(),
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-13,
     )
     assert sol.success
     return sol.y[:, -1].reshape(x0.shape)
@@ -130,8 +134,18 @@ def configs_b(attn, ffn):
             "fixed",
             DT[1],
         ),
-        ("Strang(ffn, attn; CG2)", sj.Strang(ffn, attn, solver=sj.CG2()), "fixed", DT[2]),
-        ("Strang(ffn, attn; RKMK4)", sj.Strang(ffn, attn, solver=sj.RKMK4()), "fixed", DT[2]),
+        (
+            "Strang(ffn, attn; CG2)",
+            sj.Strang(ffn, attn, solver=sj.CG2()),
+            "fixed",
+            DT[2],
+        ),
+        (
+            "Strang(ffn, attn; RKMK4)",
+            sj.Strang(ffn, attn, solver=sj.RKMK4()),
+            "fixed",
+            DT[2],
+        ),
     ]
 
 
@@ -143,7 +157,9 @@ def make_runner(field, solver, kind, T, dtype):
         if kind == "fixed":
             sol = sj.solve(field, y0, t1, solver=solver, dt0=p, max_steps=20_000)
         else:
-            sol = sj.solve(field, y0, t1, solver=solver, rtol=p, atol=p, max_steps=100_000)
+            sol = sj.solve(
+                field, y0, t1, solver=solver, rtol=p, atol=p, max_steps=100_000
+            )
         return sol.ys[-1], sol.stats["num_steps"]
 
     return run
@@ -151,7 +167,11 @@ def make_runner(field, solver, kind, T, dtype):
 
 def bench(label, field, counted_field, solver, kind, params, y0, ref, T, out):
     run = make_runner(field, solver, kind, T, y0.dtype)
-    count = None if counted_field is None else make_runner(counted_field, solver, kind, T, y0.dtype)
+    count = (
+        None
+        if counted_field is None
+        else make_runner(counted_field, solver, kind, T, y0.dtype)
+    )
     dev = jax.devices()[0]
     for p in params:
         p_arr = jnp.asarray(p, y0.dtype)
@@ -171,8 +191,16 @@ def bench(label, field, counted_field, solver, kind, params, y0, ref, T, out):
         err = float(np.max(np.abs(np.asarray(y) - ref)))
         viol = float(field.manifold.violation(y))
         wall = statistics.median(times)
-        row = dict(label=label, param=p, kind=kind, evals=evals, steps=int(steps),
-                   wall=wall, err=err, viol=viol)
+        row = dict(
+            label=label,
+            param=p,
+            kind=kind,
+            evals=evals,
+            steps=int(steps),
+            wall=wall,
+            err=err,
+            viol=viol,
+        )
         out.append(row)
         name = "dt" if kind == "fixed" else "rtol"
         print(
@@ -227,14 +255,26 @@ def plot(panels, png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(panels), 2, figsize=(13, 5.2 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels), 2, figsize=(13, 5.2 * len(panels)), squeeze=False
+    )
     for row, (title, results) in zip(axes, panels):
         labels = list(dict.fromkeys(r["label"] for r in results))
         for lab in labels:
-            rs = sorted((r for r in results if r["label"] == lab), key=lambda r: r["evals"])
+            rs = sorted(
+                (r for r in results if r["label"] == lab), key=lambda r: r["evals"]
+            )
             style = "-o" if "Retract" not in lab else "--s"
-            row[0].loglog([r["evals"] for r in rs], [r["err"] for r in rs], style, ms=3, label=lab)
-            row[1].loglog([r["wall"] * 1e3 for r in rs], [r["err"] for r in rs], style, ms=3, label=lab)
+            row[0].loglog(
+                [r["evals"] for r in rs], [r["err"] for r in rs], style, ms=3, label=lab
+            )
+            row[1].loglog(
+                [r["wall"] * 1e3 for r in rs],
+                [r["err"] for r in rs],
+                style,
+                ms=3,
+                label=lab,
+            )
         row[0].set_xlabel("attention evaluations")
         row[1].set_xlabel("wall time (ms)")
         for ax in row:
@@ -268,7 +308,11 @@ def summary(title, results):
             if not costs:
                 lines.append(f"- error {target:g}, by {unit}: no solver reached it.")
                 continue
-            fmt = (lambda c: f"{c:.0f}") if key == "evals" else (lambda c: f"{c * 1e3:.1f} ms")
+            fmt = (
+                (lambda c: f"{c:.0f}")
+                if key == "evals"
+                else (lambda c: f"{c * 1e3:.1f} ms")
+            )
             best_c, best = costs[0]
             if len(costs) > 1:
                 second_c, second = costs[1]
@@ -288,16 +332,23 @@ def main(argv=None):
     ap.add_argument("--beta", type=float, default=4.0)
     ap.add_argument("--T", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="fewer step sizes (smoke test)")
+    ap.add_argument(
+        "--quick", action="store_true", help="fewer step sizes (smoke test)"
+    )
     ap.add_argument("--skip-b", action="store_true", help="skip the splitting panel")
-    ap.add_argument("--png", default=str(Path(__file__).with_name("work_precision.png")))
+    ap.add_argument(
+        "--png", default=str(Path(__file__).with_name("work_precision.png"))
+    )
     ap.add_argument("--readme", default=str(Path(__file__).with_name("README.md")))
     args = ap.parse_args(argv)
 
     n, d, beta, T = args.n, args.d, args.beta, args.T
     dev = jax.devices()[0]
-    print(f"# jax {jax.__version__}, device {dev.platform}:{dev.device_kind}; "
-          f"SA n={n} d={d} beta={beta} T={T}, float64", flush=True)
+    print(
+        f"# jax {jax.__version__}, device {dev.platform}:{dev.device_kind}; "
+        f"SA n={n} d={d} beta={beta} T={T}, float64",
+        flush=True,
+    )
     key_y, key_w1, key_w2 = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     y0 = sj.Sphere().random(key_y, (n, d), jnp.float64)
     x0 = np.asarray(y0)
@@ -314,10 +365,24 @@ def main(argv=None):
 
     t = time.perf_counter()
     ref_a = reference(x0, T, lambda x: np_sa(x, beta))
-    print(f"# reference (a): scipy DOP853 rtol=atol=1e-13, {time.perf_counter() - t:.1f} s", flush=True)
+    print(
+        f"# reference (a): scipy DOP853 rtol=atol=1e-13, {time.perf_counter() - t:.1f} s",
+        flush=True,
+    )
     results_a = []
     for label, solver, kind, params in configs_a():
-        bench(label, attn, Counted(attn), solver, kind, thin(params), y0, ref_a, T, results_a)
+        bench(
+            label,
+            attn,
+            Counted(attn),
+            solver,
+            kind,
+            thin(params),
+            y0,
+            ref_a,
+            T,
+            results_a,
+        )
 
     panels = [(f"(a) SA, n={n}, d={d}, beta={beta:g}, T={T:g}", results_a)]
     results_b = []
@@ -328,22 +393,51 @@ def main(argv=None):
         for label, solver, kind, params in configs_b(attn, ffn):
             if isinstance(solver, (sj.LieTrotter, sj.Strang)):
                 counted_solver = type(solver)(
-                    *[attn_c if f is attn else f for f in solver.fields], solver=solver.solver
+                    *[attn_c if f is attn else f for f in solver.fields],
+                    solver=solver.solver,
                 )
                 field, counted_field = sj.Sum(attn, ffn), sj.Sum(attn_c, ffn)
                 # the timed run uses the uncounted parts, the counting run the counted ones
-                bench_split(label, field, counted_field, solver, counted_solver, kind,
-                            thin(params), y0, ref_b, T, results_b)
+                bench_split(
+                    label,
+                    field,
+                    counted_field,
+                    solver,
+                    counted_solver,
+                    kind,
+                    thin(params),
+                    y0,
+                    ref_b,
+                    T,
+                    results_b,
+                )
             else:
-                bench(label, sj.Sum(attn, ffn), sj.Sum(attn_c, ffn), solver, kind,
-                      thin(params), y0, ref_b, T, results_b)
-        panels.append((f"(b) SA + FFN (splitting), n={n}, d={d}, beta={beta:g}, T={T:g}", results_b))
+                bench(
+                    label,
+                    sj.Sum(attn, ffn),
+                    sj.Sum(attn_c, ffn),
+                    solver,
+                    kind,
+                    thin(params),
+                    y0,
+                    ref_b,
+                    T,
+                    results_b,
+                )
+        panels.append(
+            (
+                f"(b) SA + FFN (splitting), n={n}, d={d}, beta={beta:g}, T={T:g}",
+                results_b,
+            )
+        )
 
     plot(panels, args.png)
     write_readme(args, panels, dev)
 
 
-def bench_split(label, field, counted_field, solver, counted_solver, kind, params, y0, ref, T, out):
+def bench_split(
+    label, field, counted_field, solver, counted_solver, kind, params, y0, ref, T, out
+):
     """`bench` for splitting solvers, whose parts (not the summed field) are counted."""
     rows = []
     bench(label, field, None, solver, kind, params, y0, ref, T, rows)
@@ -353,7 +447,10 @@ def bench_split(label, field, counted_field, solver, counted_solver, kind, param
         jax.block_until_ready(count(y0, jnp.asarray(r["param"], y0.dtype)))
         jax.effects_barrier()
         r["evals"] = _COUNT[0]
-        print(f"{'':44s} (attention evaluations for dt={r['param']:g}: {r['evals']})", flush=True)
+        print(
+            f"{'':44s} (attention evaluations for dt={r['param']:g}: {r['evals']})",
+            flush=True,
+        )
     out.extend(rows)
 
 
@@ -385,7 +482,11 @@ def write_readme(args, panels, dev):
     if head in text:
         start = text.index(head)
         nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + "\n".join(lines) + ("" if nxt < 0 else "\n" + text[nxt + 1:])
+        text = (
+            text[:start]
+            + "\n".join(lines)
+            + ("" if nxt < 0 else "\n" + text[nxt + 1 :])
+        )
     else:
         text = text.rstrip("\n") + "\n\n" + "\n".join(lines)
     readme.write_text(text.rstrip("\n") + "\n")

@@ -2,7 +2,30 @@
 
 import importlib.metadata
 
+from ._action import (
+    AbstractLagrangian as AbstractLagrangian,
+    Kinetic as Kinetic,
+    KineticPotential as KineticPotential,
+    TangentBundleField as TangentBundleField,
+    Tracking as Tracking,
+    action as action,
+    euler_lagrange_residual as euler_lagrange_residual,
+    geodesic as geodesic,
+    geodesic_acceleration as geodesic_acceleration,
+    minimum_action_path as minimum_action_path,
+    node_velocities as node_velocities,
+)
+from ._adjoint import ReplayAdjoint as ReplayAdjoint
 from ._attention import attention_matrix as attention_matrix
+from ._continuum import (
+    feature_continuum as feature_continuum,
+    feature_operator as feature_operator,
+    from_features as from_features,
+    gaussian_closure as gaussian_closure,
+    quadrature as quadrature,
+    to_features as to_features,
+    token_continuum as token_continuum,
+)
 from ._diagnostics import (
     cluster_count as cluster_count,
     clusters as clusters,
@@ -18,32 +41,62 @@ from ._field import (
     SelfAttention as SelfAttention,
     Sum as Sum,
 )
-from ._adjoint import ReplayAdjoint as ReplayAdjoint
+from ._fit import (
+    EndpointLoss as EndpointLoss,
+    ShootingLoss as ShootingLoss,
+    TrackingLoss as TrackingLoss,
+    fit as fit,
+    riemannian as riemannian,
+)
 from ._integrate import solve as solve
+from ._io import (
+    field_from_hyperparams as field_from_hyperparams,
+    field_hyperparams as field_hyperparams,
+    load as load,
+    load_header as load_header,
+    save as save,
+)
 from ._manifold import (
     AbstractManifold as AbstractManifold,
     Euclidean as Euclidean,
     LayerNormSphere as LayerNormSphere,
     Sphere as Sphere,
 )
+from ._real import (
+    LowRankLayerFlow as LowRankLayerFlow,
+    MiniLMData as MiniLMData,
+    constant_velocity_baseline as constant_velocity_baseline,
+    interval_actions as interval_actions,
+    minilm_dataset as minilm_dataset,
+    minilm_trajectories as minilm_trajectories,
+    tracking_ratio as tracking_ratio,
+)
+from ._sharding import (
+    TokenSharded as TokenSharded,
+    make_mesh as make_mesh,
+    shard_ensemble as shard_ensemble,
+    shard_tokens as shard_tokens,
+    sharded_solve as sharded_solve,
+)
 from ._solver import (
+    RK4 as RK4,
     AbstractManifoldSolver as AbstractManifoldSolver,
     ProjectedInterpolation as ProjectedInterpolation,
     Retract as Retract,
-    RK4 as RK4,
 )
-
-
-
-from ._continuum import (
-    feature_continuum as feature_continuum,
-    feature_operator as feature_operator,
-    from_features as from_features,
-    gaussian_closure as gaussian_closure,
-    quadrature as quadrature,
-    to_features as to_features,
-    token_continuum as token_continuum,
+from ._solver.crouch_grossman import (
+    CG2 as CG2,
+    CG2_3 as CG2_3,
+    CG3 as CG3,
+    CG4a as CG4a,
 )
+from ._solver.lie_euler import LieEuler as LieEuler
+from ._solver.rattle import (
+    Rattle as Rattle,
+    TangentBundleInterpolation as TangentBundleInterpolation,
+)
+from ._solver.rkmk import RKMK4 as RKMK4
+from ._solver.splitting import LieTrotter as LieTrotter, Strang as Strang
 from ._tai import (
     MovingLayerNorm as MovingLayerNorm,
     TaiFlow as TaiFlow,
@@ -59,62 +112,7 @@ from ._transformer import (
     transformer as transformer,
     unprojected as unprojected,
 )
-from ._sharding import (
-    TokenSharded as TokenSharded,
-    make_mesh as make_mesh,
-    shard_ensemble as shard_ensemble,
-    shard_tokens as shard_tokens,
-    sharded_solve as sharded_solve,
-)
-from ._solver.crouch_grossman import CG2 as CG2
-from ._solver.crouch_grossman import CG2_3 as CG2_3
-from ._solver.crouch_grossman import CG3 as CG3
-from ._solver.crouch_grossman import CG4a as CG4a
-from ._solver.lie_euler import LieEuler as LieEuler
-from ._solver.rkmk import RKMK4 as RKMK4
-from ._solver.splitting import LieTrotter as LieTrotter
-from ._solver.splitting import Strang as Strang
-from ._action import (
-    AbstractLagrangian as AbstractLagrangian,
-    action as action,
-    euler_lagrange_residual as euler_lagrange_residual,
-    geodesic as geodesic,
-    geodesic_acceleration as geodesic_acceleration,
-    Kinetic as Kinetic,
-    KineticPotential as KineticPotential,
-    minimum_action_path as minimum_action_path,
-    node_velocities as node_velocities,
-    TangentBundleField as TangentBundleField,
-    Tracking as Tracking,
-)
-from ._fit import (
-    EndpointLoss as EndpointLoss,
-    fit as fit,
-    riemannian as riemannian,
-    ShootingLoss as ShootingLoss,
-    TrackingLoss as TrackingLoss,
-)
-from ._solver.rattle import (
-    Rattle as Rattle,
-    TangentBundleInterpolation as TangentBundleInterpolation,
-)
-from ._io import (
-    field_from_hyperparams as field_from_hyperparams,
-    field_hyperparams as field_hyperparams,
-    load as load,
-    load_header as load_header,
-    save as save,
-)
 
-from ._real import (
-    constant_velocity_baseline as constant_velocity_baseline,
-    interval_actions as interval_actions,
-    LowRankLayerFlow as LowRankLayerFlow,
-    minilm_dataset as minilm_dataset,
-    minilm_trajectories as minilm_trajectories,
-    MiniLMData as MiniLMData,
-    tracking_ratio as tracking_ratio,
-)
 
 try:
     __version__ = importlib.metadata.version("spherejax")

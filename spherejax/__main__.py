@@ -181,7 +181,9 @@ def _load_x0(path):
         raise ValueError(
             f"--x0 must hold an (n, d) array of tokens; got shape {getattr(x0, 'shape', '?')}"
         )
-    if not np.issubdtype(x0.dtype, np.number) or np.issubdtype(x0.dtype, np.complexfloating):
+    if not np.issubdtype(x0.dtype, np.number) or np.issubdtype(
+        x0.dtype, np.complexfloating
+    ):
         raise ValueError(f"--x0 must hold real numbers; got dtype {x0.dtype}")
     if not np.all(np.isfinite(x0)):
         raise ValueError("--x0 contains NaN or inf")
@@ -328,7 +330,11 @@ def _plot(ts, ys, energy, d, beta, path):
         ax = fig.add_subplot(1, 2, 1, projection="3d")
         u, v = np.mgrid[0 : 2 * np.pi : 40j, 0 : np.pi : 20j]
         ax.plot_wireframe(
-            np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", lw=0.4
+            np.cos(u) * np.sin(v),
+            np.sin(u) * np.sin(v),
+            np.cos(v),
+            color="0.85",
+            lw=0.4,
         )
         for i in range(ys.shape[1]):
             ax.plot(*ys[:, i].T, lw=1.0)
@@ -380,7 +386,9 @@ def _load_paths(path):
         )
     for name, a in (("ts", ts), ("ys", ys)):
         if not np.issubdtype(a.dtype, np.floating):
-            raise ValueError(f"--data `{name}` must hold real floats; got dtype {a.dtype}")
+            raise ValueError(
+                f"--data `{name}` must hold real floats; got dtype {a.dtype}"
+            )
         if not np.all(np.isfinite(a)):
             raise ValueError(f"--data `{name}` contains NaN or inf")
     if ts.shape[0] < 3:
@@ -458,28 +466,43 @@ def fit_command(options: dict) -> dict:
         return jnp.sqrt(jnp.sum(track) / jnp.sum(kin))
 
     optimizer = optax.lbfgs() if o["optimizer"] == "lbfgs" else optax.adam(o["lr"])
-    before = {k: float(residual(model, data)) for k, data in (("train", train), ("heldout", test))}
+    before = {
+        k: float(residual(model, data))
+        for k, data in (("train", train), ("heldout", test))
+    }
     print(
         f"spherejax fit: {B} trajectories, T={T} times ({T - split} held out), n={n} d={d} "
         f"loss={o['loss']} optimizer={o['optimizer']} steps={o['steps']} dtype={jnp.dtype(dtype).name}"
     )
     start = time.perf_counter()
     fitted, losses = sj.fit(
-        model, loss, train, optimizer=optimizer, steps=o["steps"],
-        progress=True, filter_spec=trainable,
+        model,
+        loss,
+        train,
+        optimizer=optimizer,
+        steps=o["steps"],
+        progress=True,
+        filter_spec=trainable,
     )
     losses = np.asarray(jax.block_until_ready(losses))
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(losses)):
-        raise ValueError("the fit diverged (loss not finite): try --optimizer adam "
-                         "with a smaller --lr")
-    after = {k: float(residual(fitted, data)) for k, data in (("train", train), ("heldout", test))}
+        raise ValueError(
+            "the fit diverged (loss not finite): try --optimizer adam "
+            "with a smaller --lr"
+        )
+    after = {
+        k: float(residual(fitted, data))
+        for k, data in (("train", train), ("heldout", test))
+    }
     print(f"{'':10} {'relative velocity residual':>28}")
     print(f"{'':10} {'initial':>13} {'fitted':>14}")
     for k in ("train", "heldout"):
         print(f"{k:10} {before[k]:13.4e} {after[k]:14.4e}")
-    print(f"loss {losses[0]:.4e} -> {losses[-1]:.4e}; {o['steps']} steps in {seconds:.2f} s "
-          f"({1e3 * seconds / o['steps']:.1f} ms/step including compilation)")
+    print(
+        f"loss {losses[0]:.4e} -> {losses[-1]:.4e}; {o['steps']} steps in {seconds:.2f} s "
+        f"({1e3 * seconds / o['steps']:.1f} ms/step including compilation)"
+    )
 
     out = o["out"]
     os.makedirs(out, exist_ok=True)
@@ -488,13 +511,27 @@ def fit_command(options: dict) -> dict:
     png = os.path.join(out, "fit.png")
     _plot_losses(losses, o["loss"], png)
     summary = dict(
-        command="fit", data=o["data"], loss=o["loss"], trajectories=B, times=T,
-        heldout_times=T - split, n=n, d=d, optimizer=o["optimizer"], steps=o["steps"],
-        lr=o["lr"], beta=o["beta"],
-        normalization=o["normalization"], seconds=seconds,
-        ms_per_step=1e3 * seconds / o["steps"], loss_first=float(losses[0]),
-        loss_last=float(losses[-1]), residual_initial=before, residual_fitted=after,
-        field=field_path, png=png,
+        command="fit",
+        data=o["data"],
+        loss=o["loss"],
+        trajectories=B,
+        times=T,
+        heldout_times=T - split,
+        n=n,
+        d=d,
+        optimizer=o["optimizer"],
+        steps=o["steps"],
+        lr=o["lr"],
+        beta=o["beta"],
+        normalization=o["normalization"],
+        seconds=seconds,
+        ms_per_step=1e3 * seconds / o["steps"],
+        loss_first=float(losses[0]),
+        loss_last=float(losses[-1]),
+        residual_initial=before,
+        residual_fitted=after,
+        field=field_path,
+        png=png,
     )
     with open(os.path.join(out, "fit.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -548,13 +585,19 @@ def bench(options: dict) -> list:
 
     def best_ms(f, x):
         jax.block_until_ready(f(x))
-        runs = timeit.repeat(lambda: jax.block_until_ready(f(x)), number=1, repeat=repeats)
+        runs = timeit.repeat(
+            lambda: jax.block_until_ready(f(x)), number=1, repeat=repeats
+        )
         return 1e3 * min(runs)
 
-    print(f"spherejax bench: jax {jax.__version__} device={jax.devices()[0]} "
-          f"dtype={jnp.dtype(dtype).name} d={d} (best of {repeats})")
-    print(f"{'n':>7} {'field ms':>10} {'floor ms':>10} {'field/floor':>12} "
-          f"{'compile s':>10} {'solve ms':>10}")
+    print(
+        f"spherejax bench: jax {jax.__version__} device={jax.devices()[0]} "
+        f"dtype={jnp.dtype(dtype).name} d={d} (best of {repeats})"
+    )
+    print(
+        f"{'n':>7} {'field ms':>10} {'floor ms':>10} {'field/floor':>12} "
+        f"{'compile s':>10} {'solve ms':>10}"
+    )
     for n in options["n"]:
         x = sj.Sphere().random(jr.PRNGKey(0), (n, d), dtype)
         field = sj.SelfAttention.identity(d, 1.0)
@@ -562,22 +605,43 @@ def bench(options: dict) -> list:
         floor = jax.jit(lambda y: jnp.exp(y @ y.T) @ y)
         field_ms, floor_ms = best_ms(f, x), best_ms(floor, x)
         t1, dt0 = jnp.asarray(1.0, dtype), jnp.asarray(0.05, dtype)
-        g = jax.jit(lambda y: sj.solve(field, y, t1, dt0=dt0, solver=sj.Retract(sj.RK4())).ys[-1])
+        g = jax.jit(
+            lambda y: sj.solve(field, y, t1, dt0=dt0, solver=sj.Retract(sj.RK4())).ys[
+                -1
+            ]
+        )
         tic = time.perf_counter()
         jax.block_until_ready(g(x))
         compile_s = time.perf_counter() - tic
         solve_ms = best_ms(g, x)
-        row = dict(n=n, d=d, dtype=jnp.dtype(dtype).name, field_ms=field_ms,
-                   floor_ms=floor_ms, field_over_floor=field_ms / floor_ms,
-                   compile_solve_s=compile_s, solve_20_rk4_steps_ms=solve_ms)
+        row = dict(
+            n=n,
+            d=d,
+            dtype=jnp.dtype(dtype).name,
+            field_ms=field_ms,
+            floor_ms=floor_ms,
+            field_over_floor=field_ms / floor_ms,
+            compile_solve_s=compile_s,
+            solve_20_rk4_steps_ms=solve_ms,
+        )
         rows.append(row)
-        print(f"{n:7d} {field_ms:10.3f} {floor_ms:10.3f} {field_ms / floor_ms:12.2f} "
-              f"{compile_s:10.2f} {solve_ms:10.2f}")
+        print(
+            f"{n:7d} {field_ms:10.3f} {floor_ms:10.3f} {field_ms / floor_ms:12.2f} "
+            f"{compile_s:10.2f} {solve_ms:10.2f}"
+        )
     if out is not None:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench.json"), "w") as fh:
-            json.dump(dict(command="bench", jax=jax.__version__,
-                           device=str(jax.devices()[0]), rows=rows), fh, indent=2)
+            json.dump(
+                dict(
+                    command="bench",
+                    jax=jax.__version__,
+                    device=str(jax.devices()[0]),
+                    rows=rows,
+                ),
+                fh,
+                indent=2,
+            )
         print(f"wrote {os.path.join(out, 'bench.json')}")
     return rows
 

@@ -110,7 +110,9 @@ class KineticPotential(AbstractLagrangian):
         del t
         return 0.5 * jnp.sum(xdot**2) + self.potential(x)
 
-    def energy(self, x: Float[Array, "n d"], v: Float[Array, "n d"]) -> Float[Array, ""]:
+    def energy(
+        self, x: Float[Array, "n d"], v: Float[Array, "n d"]
+    ) -> Float[Array, ""]:
         """The conserved energy $H = \\tfrac12|v|^2 - U(x)$."""
         return 0.5 * jnp.sum(v**2) - self.potential(x)
 
@@ -243,7 +245,9 @@ def _derivative_weights(offsets: list) -> list:
 
 @eqx.filter_jit
 def node_velocities(
-    path: Float[ArrayLike, "T n d"], ts: Float[ArrayLike, " T"], manifold: AbstractManifold
+    path: Float[ArrayLike, "T n d"],
+    ts: Float[ArrayLike, " T"],
+    manifold: AbstractManifold,
 ) -> Float[Array, "T n d"]:
     r"""Velocities at the nodes of a discretised path, by finite differences in
     normal coordinates.
@@ -436,7 +440,9 @@ def minimum_action_path(
             return (optax.apply_updates(interior, updates), state), value
 
         state = optimizer.init(interior)
-        (interior, _), values = jax.lax.scan(body, (interior, state), None, length=steps)
+        (interior, _), values = jax.lax.scan(
+            body, (interior, state), None, length=steps
+        )
         return interior, values
 
     interior, values = run(manifold.project(init[1:-1]))

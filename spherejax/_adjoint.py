@@ -245,7 +245,9 @@ def replay_solve(field, y0, *, solver, controller, t0, t1, ts, dt0, args, adjoin
             )
         # the error norm sees the tokens only (not the radial component), so the
         # steps are those of the plain solve; every save time is a step end
-        step_ts = ts if extra is None else jnp.concatenate([jnp.asarray(extra, ts.dtype), ts])
+        step_ts = (
+            ts if extra is None else jnp.concatenate([jnp.asarray(extra, ts.dtype), ts])
+        )
         controller = diffrax.ClipStepSizeController(
             eqx.tree_at(lambda c: c.norm, controller, _TokensNorm(controller.norm)),
             step_ts=jnp.sort(step_ts),

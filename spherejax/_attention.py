@@ -148,9 +148,7 @@ def attention_matrix(
     Q, K = (a[None] if a.ndim == 2 else a for a in (Q, K))
     beta = jnp.asarray(beta, x.dtype)
     n = x.shape[0]
-    log_w = (
-        jnp.full((n,), -jnp.log(n), x.dtype) if log_weights is None else log_weights
-    )
+    log_w = jnp.full((n,), -jnp.log(n), x.dtype) if log_weights is None else log_weights
     s = scores(x, x, Q, K)
     mask = _mask(jnp.arange(n), n, causal)
     if normalization != "sinkhorn":
@@ -160,7 +158,6 @@ def attention_matrix(
     logits = beta * s
     f, g = sinkhorn_potentials(logits, log_w, sinkhorn_iters)
     return jnp.exp(logits + f[:, :, None] + (g + log_w)[:, None, :])
-
 
 
 # ---------------------------------------------------------------------------
@@ -479,7 +476,12 @@ def attend(
         return jnp.sum(out, axis=0)
     if normalization == "sinkhorn":
         A = attention_matrix(
-            x, Q, K, beta, normalization="sinkhorn", log_weights=log_w,
+            x,
+            Q,
+            K,
+            beta,
+            normalization="sinkhorn",
+            log_weights=log_w,
             sinkhorn_iters=sinkhorn_iters,
         )
     else:

@@ -73,7 +73,9 @@ def equiangular(
 
         def rhs(t, rho, args):
             e = jnp.exp(beta * rho)
-            return 2 * e * (1 - rho) * ((n - 1) * rho + 1) / (jnp.exp(beta) + (n - 1) * e)
+            return (
+                2 * e * (1 - rho) * ((n - 1) * rho + 1) / (jnp.exp(beta) + (n - 1) * e)
+            )
 
     elif normalization == "unnormalized":
 

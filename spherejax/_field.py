@@ -146,9 +146,13 @@ class SelfAttention(AbstractField):
             )
         _check_normalization(normalization, causal)
         if not isinstance(manifold, AbstractManifold):
-            raise ValueError(f"`manifold` must be a spherejax manifold; got {manifold!r}.")
+            raise ValueError(
+                f"`manifold` must be a spherejax manifold; got {manifold!r}."
+            )
         if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
-            raise ValueError(f"`chunk_size` must be a positive integer; got {chunk_size}.")
+            raise ValueError(
+                f"`chunk_size` must be a positive integer; got {chunk_size}."
+            )
         if int(sinkhorn_iters) != sinkhorn_iters or sinkhorn_iters < 1:
             raise ValueError(
                 f"`sinkhorn_iters` must be a positive integer; got {sinkhorn_iters}."
@@ -156,7 +160,9 @@ class SelfAttention(AbstractField):
         if weights is not None:
             weights = jnp.asarray(weights)
             if weights.ndim != 1:
-                raise ValueError(f"`weights` must be one-dimensional; got {weights.shape}.")
+                raise ValueError(
+                    f"`weights` must be one-dimensional; got {weights.shape}."
+                )
             if is_concrete(weights):
                 w = np.asarray(weights, dtype=float)
                 if not (np.all(np.isfinite(w)) and np.all(w > 0)):
@@ -290,9 +296,17 @@ class IdentityAttention(AbstractField):
 
     def as_self_attention(self, d: int) -> SelfAttention:
         """The same field as a `SelfAttention` with `Q = K = V = I_d`."""
-        names = ("normalization", "causal", "weights", "manifold", "chunk_size",
-                 "sinkhorn_iters")
-        return SelfAttention.identity(d, self.beta, **{k: getattr(self, k) for k in names})
+        names = (
+            "normalization",
+            "causal",
+            "weights",
+            "manifold",
+            "chunk_size",
+            "sinkhorn_iters",
+        )
+        return SelfAttention.identity(
+            d, self.beta, **{k: getattr(self, k) for k in names}
+        )
 
     def check_tokens(self, y):
         super().check_tokens(y)
@@ -468,9 +482,7 @@ class Layerwise(AbstractField):
             for f in fields
         }
         dyn = [eqx.filter(f, eqx.is_array) for f in fields]
-        shapes = {
-            tuple(a.shape for a in jax.tree_util.tree_leaves(p)) for p in dyn
-        }
+        shapes = {tuple(a.shape for a in jax.tree_util.tree_leaves(p)) for p in dyn}
         if len(structures) != 1 or len(shapes) != 1:
             raise ValueError(
                 "all `fields` of `Layerwise` must have the same structure and shapes "

@@ -136,7 +136,11 @@ def fit(
         value, grads = jax.value_and_grad(loss_params)(params, data)
         if extra_args:  # e.g. optax.lbfgs: line searches need the loss itself
             updates, opt_state = optimizer.update(
-                grads, opt_state, params, value=value, grad=grads,
+                grads,
+                opt_state,
+                params,
+                value=value,
+                grad=grads,
                 value_fn=lambda p: loss_params(p, data),
             )
         else:
@@ -168,7 +172,9 @@ def _batched(x: Array, ndim: int) -> Array:
         return x[None]
     if x.ndim == ndim + 1:
         return x
-    raise ValueError(f"expected an array with {ndim} or {ndim + 1} dimensions; got {x.shape}.")
+    raise ValueError(
+        f"expected an array with {ndim} or {ndim + 1} dimensions; got {x.shape}."
+    )
 
 
 class TrackingLoss(eqx.Module):
@@ -221,8 +227,16 @@ class ShootingLoss(eqx.Module):
 
         def one(path):
             sol = solve(
-                field, path[0], ts[-1], t0=ts[0], ts=ts, solver=self.solver,
-                dt0=self.dt0, adjoint=self.adjoint, rtol=self.rtol, atol=self.atol,
+                field,
+                path[0],
+                ts[-1],
+                t0=ts[0],
+                ts=ts,
+                solver=self.solver,
+                dt0=self.dt0,
+                adjoint=self.adjoint,
+                rtol=self.rtol,
+                atol=self.atol,
             )
             return jnp.mean(jnp.sum((sol.ys - path) ** 2, axis=-1))
 
@@ -253,7 +267,12 @@ class EndpointLoss(eqx.Module):
 
         def one(a, b):
             sol = solve(
-                field, a, ts[-1], ts=ts, solver=self.solver, dt0=self.dt0,
+                field,
+                a,
+                ts[-1],
+                ts=ts,
+                solver=self.solver,
+                dt0=self.dt0,
                 adjoint=self.adjoint,
             )
             mismatch = jnp.sum((sol.ys[-1] - b) ** 2)

@@ -97,7 +97,9 @@ def solve(
     Times are cast to `y0`'s dtype, so a float32 `y0` gives a float32 solve.
     """
     if not isinstance(field, AbstractField):
-        raise ValueError(f"`field` must be a spherejax field; got {type(field).__name__}.")
+        raise ValueError(
+            f"`field` must be a spherejax field; got {type(field).__name__}."
+        )
     y0 = jnp.asarray(y0)
     if not jnp.issubdtype(y0.dtype, jnp.floating):
         y0 = y0.astype(jnp.result_type(float))
@@ -123,13 +125,17 @@ def solve(
     else:
         tol = jnp.sqrt(jnp.finfo(dtype).eps) * jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
         y0 = eqx.error_if(
-            y0, manifold.violation(y0) > tol, "`y0` is off the manifold; pass `project=True`."
+            y0,
+            manifold.violation(y0) > tol,
+            "`y0` is off the manifold; pass `project=True`.",
         )
 
     if solver is None:
         solver = Retract(diffrax.Tsit5())
     if not isinstance(solver, diffrax.AbstractSolver):
-        raise ValueError(f"`solver` must be a diffrax solver; got {type(solver).__name__}.")
+        raise ValueError(
+            f"`solver` must be a diffrax solver; got {type(solver).__name__}."
+        )
     if not isinstance(solver, AbstractManifoldSolver):
         solver = Retract(solver)
     if solver.manifold is None:
@@ -182,7 +188,9 @@ def solve(
         )
     if adjoint is None:
         adjoint = diffrax.RecursiveCheckpointAdjoint()
-    elif isinstance(adjoint, diffrax.BacksolveAdjoint) and "solver" not in adjoint.kwargs:
+    elif (
+        isinstance(adjoint, diffrax.BacksolveAdjoint) and "solver" not in adjoint.kwargs
+    ):
         inner = solver.solver if isinstance(solver, Retract) else None
         if inner is None:
             raise ValueError(

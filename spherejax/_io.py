@@ -73,12 +73,16 @@ def save(path: str | os.PathLike, model, hyperparams: dict | None = None) -> Non
     """
     hyperparams = {} if hyperparams is None else hyperparams
     if not isinstance(hyperparams, dict):
-        raise ValueError(f"`hyperparams` must be a dict; got {type(hyperparams).__name__}.")
+        raise ValueError(
+            f"`hyperparams` must be a dict; got {type(hyperparams).__name__}."
+        )
     _check_json("hyperparams", hyperparams)
     for leaf in jax.tree_util.tree_leaves(model):
         if eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.inexact):
             if not bool(jnp.all(jnp.isfinite(leaf))):
-                raise ValueError("`model` has a NaN or inf parameter; refusing to save it.")
+                raise ValueError(
+                    "`model` has a NaN or inf parameter; refusing to save it."
+                )
     buffer = io.BytesIO()
     eqx.tree_serialise_leaves(buffer, model)
     payload = buffer.getvalue()
@@ -112,7 +116,9 @@ def _read(path) -> tuple[dict, bytes]:
     except FileNotFoundError:
         raise ValueError(f"no such file: {path!r}.") from None
     except IsADirectoryError:
-        raise ValueError(f"{path!r} is a directory, not a spherejax model file.") from None
+        raise ValueError(
+            f"{path!r} is a directory, not a spherejax model file."
+        ) from None
     try:
         header = json.loads(first)
         ok = isinstance(header, dict) and header.get("format") == MAGIC
@@ -134,7 +140,9 @@ def _read(path) -> tuple[dict, bytes]:
             f"{header['payload_bytes']} bytes of parameters, the file holds {len(payload)}."
         )
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-        raise ValueError(f"{path!r} is corrupted: the parameters' checksum does not match.")
+        raise ValueError(
+            f"{path!r} is corrupted: the parameters' checksum does not match."
+        )
     return header, payload
 
 
@@ -178,15 +186,14 @@ def load(path: str | os.PathLike, like: Any | Callable[[dict], Any]):
         )
     saved, wanted = header["leaves"], _leaf_specs(like)
     if len(saved) != len(wanted):
-        raise ValueError(
-            f"{path!r} has {len(saved)} leaves; `like` has {len(wanted)}."
-        )
+        raise ValueError(f"{path!r} has {len(saved)} leaves; `like` has {len(wanted)}.")
     for k, (s, w) in enumerate(zip(saved, wanted)):
         if ("shape" in s) != ("shape" in w) or s.get("shape") != w.get("shape"):
             raise ValueError(
                 f"{path!r}: parameter {k} has shape {s.get('shape', s.get('python'))}; "
                 f"`like` expects {w.get('shape', w.get('python'))}."
             )
+
     def read_leaf(f, x):  # cast to the skeleton's dtype (float64 file, float32 run)
         if isinstance(x, jax.Array):
             return jnp.asarray(np.load(f)).astype(x.dtype)

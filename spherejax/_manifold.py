@@ -9,7 +9,6 @@ import abc
 import math
 
 import equinox as eqx
-
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, PRNGKeyArray

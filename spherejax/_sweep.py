@@ -70,7 +70,8 @@ def sweep_hash(options: dict) -> str:
     """Hash of everything that determines the results (not the output folder)."""
     content = {k: v for k, v in options.items() if k != "out"}
     text = json.dumps(
-        {"format": FORMAT, "version": FORMAT_VERSION, "options": content}, sort_keys=True
+        {"format": FORMAT, "version": FORMAT_VERSION, "options": content},
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -128,9 +129,11 @@ def _read_cell(path: str, k: int, h: str, options: dict, cell: dict) -> dict:
         ) from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"result file {path} is not a spherejax sweep cell; {remedy}.")
-    if header.get("sweep_hash") != h or header.get("cell") != k or header.get(
-        "params"
-    ) != cell:
+    if (
+        header.get("sweep_hash") != h
+        or header.get("cell") != k
+        or header.get("params") != cell
+    ):
         raise ValueError(
             f"result file {path} belongs to another sweep or cell (hash "
             f"{str(header.get('sweep_hash'))[:12]}, cell {header.get('cell')}; this "
@@ -307,7 +310,9 @@ def run_sweep(options: dict, *, log=None) -> dict:
         tic = time.perf_counter()
         arrays = simulate(cell)
         header = {"format": FORMAT, "sweep_hash": h, "cell": k, "params": cell}
-        _write_atomic(path, _npz_bytes({**arrays, "header": np.array(json.dumps(header))}))
+        _write_atomic(
+            path, _npz_bytes({**arrays, "header": np.array(json.dumps(header))})
+        )
         results.append(arrays)
         done += 1
         log(
@@ -332,9 +337,13 @@ def run_sweep(options: dict, *, log=None) -> dict:
     png = os.path.join(out, "sweep.png")
     _plot(options, cells, final, png)
     summary["png"] = png
-    _write_atomic(os.path.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
-    log(f"sweep: {len(cells)} cells ({done} computed, {len(cells) - done} reused); "
-        f"wrote {summary['npz']}")
+    _write_atomic(
+        os.path.join(out, "summary.json"), json.dumps(summary, indent=2).encode()
+    )
+    log(
+        f"sweep: {len(cells)} cells ({done} computed, {len(cells) - done} reused); "
+        f"wrote {summary['npz']}"
+    )
     return summary
 
 
@@ -379,7 +388,11 @@ def _plot(options, cells, final, path):
     import matplotlib.pyplot as plt
 
     ts, betas = final["ts"], np.array(options["beta"])
-    first = [k for k, c in enumerate(cells) if (c["n"], c["d"]) == (cells[0]["n"], cells[0]["d"])]
+    first = [
+        k
+        for k, c in enumerate(cells)
+        if (c["n"], c["d"]) == (cells[0]["n"], cells[0]["d"])
+    ]
     fig, ax = plt.subplots(figsize=(6, 4))
     if len(first) > 1:
         p = final["p_close"][first]
@@ -389,21 +402,33 @@ def _plot(options, cells, final, path):
             p,
             origin="lower",
             aspect="auto",
-            extent=(ts[0] - dt / 2, ts[-1] + dt / 2, betas[0] - db / 2, betas[-1] + db / 2),
+            extent=(
+                ts[0] - dt / 2,
+                ts[-1] + dt / 2,
+                betas[0] - db / 2,
+                betas[-1] + db / 2,
+            ),
             vmin=0,
             vmax=1,
             cmap="viridis",
         )
         fig.colorbar(im, ax=ax, label=f"P(<x1, x2> >= 1 - {options['eps']:g})")
-        if options["value"] == "identity" and options["normalization"] in (
-            "softmax",
-            "unnormalized",
-        ) and not options["causal"]:
+        if (
+            options["value"] == "identity"
+            and options["normalization"]
+            in (
+                "softmax",
+                "unnormalized",
+            )
+            and not options["causal"]
+        ):
             fine = np.linspace(betas[0], betas[-1], 60)
             curve = equiangular_boundary(
                 fine, cells[0]["n"], options["eps"], ts[-1], options["normalization"]
             )
-            ax.plot(curve, fine, "r-", lw=2, label="equiangular gamma_beta(t) = 1 - eps")
+            ax.plot(
+                curve, fine, "r-", lw=2, label="equiangular gamma_beta(t) = 1 - eps"
+            )
             ax.legend(loc="upper right", fontsize=8)
         ax.set_xlabel("t")
         ax.set_ylabel("beta")

@@ -24,8 +24,12 @@ import spherejax as sj  # noqa: E402
 
 
 def maxdiff(a, b):
-    return float(max(np.max(np.abs(np.asarray(x) - np.asarray(y)))
-                     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+    return float(
+        max(
+            np.max(np.abs(np.asarray(x) - np.asarray(y)))
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        )
+    )
 
 
 def main():
@@ -48,15 +52,19 @@ def main():
     def ens_loss(V, beta, sharded):
         field = sj.SelfAttention(Q, K, V, beta)
         if sharded:
-            ys = sj.sharded_solve(field, sj.shard_ensemble(y0s, mesh), t1, mesh=mesh, **kw)
+            ys = sj.sharded_solve(
+                field, sj.shard_ensemble(y0s, mesh), t1, mesh=mesh, **kw
+            )
         else:
             ys = jax.vmap(lambda y: sj.solve(field, y, t1, **kw).ys)(y0s)
         return jnp.sum(jnp.sin(ys)), ys
 
-    g_sh, ys_sh = jax.jit(jax.grad(ens_loss, argnums=(0, 1), has_aux=True),
-                          static_argnums=2)(V, 1.5, True)
-    g_1, ys_1 = jax.jit(jax.grad(ens_loss, argnums=(0, 1), has_aux=True),
-                        static_argnums=2)(V, 1.5, False)
+    g_sh, ys_sh = jax.jit(
+        jax.grad(ens_loss, argnums=(0, 1), has_aux=True), static_argnums=2
+    )(V, 1.5, True)
+    g_1, ys_1 = jax.jit(
+        jax.grad(ens_loss, argnums=(0, 1), has_aux=True), static_argnums=2
+    )(V, 1.5, False)
     out["ensemble_solve"] = maxdiff(ys_sh, ys_1)
     out["ensemble_grad"] = maxdiff(g_sh, g_1)
     out["ensemble_devices"] = len(ys_sh.sharding.device_set)
@@ -69,10 +77,12 @@ def main():
     w = w / w.sum()
     field_err = 0.0
     for norm, causal, chunk in [("softmax", True, 3), ("hardmax", False, None)]:
-        f = sj.SelfAttention(Q, K, V, 1.5, normalization=norm, causal=causal,
-                             weights=w, chunk_size=chunk)
+        f = sj.SelfAttention(
+            Q, K, V, 1.5, normalization=norm, causal=causal, weights=w, chunk_size=chunk
+        )
         sharded = jax.jit(lambda y, f=f: sj.TokenSharded(f, mesh)(0.0, y))(
-            sj.shard_tokens(y0, mesh))
+            sj.shard_tokens(y0, mesh)
+        )
         field_err = max(field_err, maxdiff(sharded, f(0.0, y0)))
         out[f"token_field_devices_{norm}"] = len(sharded.sharding.device_set)
     out["token_field"] = field_err
@@ -87,10 +97,12 @@ def main():
         ys = sj.solve(field, y, t1, **kw).ys
         return jnp.sum(jnp.sin(ys)), ys
 
-    g_sh, ys_sh = jax.jit(jax.grad(tok_loss, argnums=(0, 1), has_aux=True),
-                          static_argnums=2)(V, 1.5, True)
-    g_1, ys_1 = jax.jit(jax.grad(tok_loss, argnums=(0, 1), has_aux=True),
-                        static_argnums=2)(V, 1.5, False)
+    g_sh, ys_sh = jax.jit(
+        jax.grad(tok_loss, argnums=(0, 1), has_aux=True), static_argnums=2
+    )(V, 1.5, True)
+    g_1, ys_1 = jax.jit(
+        jax.grad(tok_loss, argnums=(0, 1), has_aux=True), static_argnums=2
+    )(V, 1.5, False)
     out["token_solve"] = maxdiff(ys_sh, ys_1)
     out["token_grad"] = maxdiff(g_sh, g_1)
     out["token_grad_norm"] = float(jnp.abs(g_1[1]))

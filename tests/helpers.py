@@ -4,7 +4,9 @@ import numpy as np
 import scipy.integrate
 
 
-def np_attention_velocity(x, Q, K, V, beta, normalization="softmax", causal=False, w=None):
+def np_attention_velocity(
+    x, Q, K, V, beta, normalization="softmax", causal=False, w=None
+):
     """Plain-numpy SA/USA velocity for Q, K: (h, k, d), V: (h, d, d) on the unit
     sphere (an independent reference for the JAX field)."""
     x = np.asarray(x, float)
@@ -23,10 +25,14 @@ def np_attention_velocity(x, Q, K, V, beta, normalization="softmax", causal=Fals
         else:
             raise ValueError(normalization)
         out += A @ (x @ V[h].T)
-    return out - np.sum(out * x, axis=1, keepdims=True) * x / np.sum(x * x, axis=1, keepdims=True)
+    return out - np.sum(out * x, axis=1, keepdims=True) * x / np.sum(
+        x * x, axis=1, keepdims=True
+    )
 
 
-def scipy_reference(x0, t1, Q, K, V, beta, ts=None, normalization="softmax", causal=False):
+def scipy_reference(
+    x0, t1, Q, K, V, beta, ts=None, normalization="softmax", causal=False
+):
     """DOP853 at rtol=atol=1e-13 on the numpy field (float64 reference)."""
     x0 = np.asarray(x0, float)
     shape = x0.shape
@@ -37,7 +43,12 @@ def scipy_reference(x0, t1, Q, K, V, beta, ts=None, normalization="softmax", cau
         ).ravel()
 
     sol = scipy.integrate.solve_ivp(
-        rhs, (0.0, t1), x0.ravel(), method="DOP853", rtol=1e-13, atol=1e-13,
+        rhs,
+        (0.0, t1),
+        x0.ravel(),
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-13,
         t_eval=ts if ts is not None else [t1],
     )
     assert sol.success

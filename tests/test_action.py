@@ -8,10 +8,9 @@ import jax.random as jr
 import numpy as np
 import pytest
 import scipy.integrate
+from helpers import scipy_reference, slope
 
 import spherejax as sj
-
-from helpers import scipy_reference, slope
 
 
 def np_great_circle(x0, x1, s, r=1.0):
@@ -155,7 +154,11 @@ def _np_el_rhs(n, beta):
         x, v = y.reshape(2, n, -1)
         G = np.exp(beta * x @ x.T)
         f = -(G @ x) / n
-        a = f - np.sum(f * x, -1, keepdims=True) * x - np.sum(v * v, -1, keepdims=True) * x
+        a = (
+            f
+            - np.sum(f * x, -1, keepdims=True) * x
+            - np.sum(v * v, -1, keepdims=True) * x
+        )
         return np.concatenate([v, a]).ravel()
 
     return rhs
@@ -174,11 +177,18 @@ def test_rattle_order_against_scipy(getkey):
     n, beta = 6, 2.0
     M, L, x0, v0 = _rattle_setup(getkey(), n=n, beta=beta)
     t1 = 1.0
-    ref = scipy.integrate.solve_ivp(
-        _np_el_rhs(n, beta), (0.0, t1),
-        np.concatenate([np.asarray(x0), np.asarray(v0)]).ravel(),
-        method="DOP853", rtol=1e-13, atol=1e-13,
-    ).y[:, -1].reshape(2, n, -1)
+    ref = (
+        scipy.integrate.solve_ivp(
+            _np_el_rhs(n, beta),
+            (0.0, t1),
+            np.concatenate([np.asarray(x0), np.asarray(v0)]).ravel(),
+            method="DOP853",
+            rtol=1e-13,
+            atol=1e-13,
+        )
+        .y[:, -1]
+        .reshape(2, n, -1)
+    )
     term = diffrax.ODETerm(L.vector_field(M))
     errs, hs = [], []
     for h in (0.1, 0.05, 0.025, 0.0125):
@@ -197,8 +207,14 @@ def test_rattle_constraints_and_energy_over_long_time(getkey):
     rms = []
     for h in (0.05, 0.025):
         sol = diffrax.diffeqsolve(
-            term, sj.Rattle(M), 0.0, 100.0, jnp.asarray(h), (x0, v0),
-            saveat=diffrax.SaveAt(ts=ts), max_steps=4096,
+            term,
+            sj.Rattle(M),
+            0.0,
+            100.0,
+            jnp.asarray(h),
+            (x0, v0),
+            saveat=diffrax.SaveAt(ts=ts),
+            max_steps=4096,
         )
         xs, vs = sol.ys
         assert float(M.violation(xs)) < 1e-12
@@ -226,7 +242,12 @@ def test_rattle_layernorm_and_euler_lagrange(getkey):
     for h in (0.02, 0.01):
         ts = jnp.arange(0, 41) * h
         sol = diffrax.diffeqsolve(
-            term, sj.Rattle(M), 0.0, ts[-1], jnp.asarray(h), (x0, v0),
+            term,
+            sj.Rattle(M),
+            0.0,
+            ts[-1],
+            jnp.asarray(h),
+            (x0, v0),
             saveat=diffrax.SaveAt(ts=ts),
         )
         xs, vs = sol.ys
@@ -246,4 +267,6 @@ def test_errors():
     with pytest.raises(ValueError, match="lagrangian"):
         sj.action(jnp.ones((3, 2, 3)), jnp.arange(3.0), lambda t, x, v: 0.0, M)
     with pytest.raises(ValueError, match="5 points"):
-        sj.euler_lagrange_residual(jnp.ones((4, 2, 3)), jnp.arange(4.0), sj.Kinetic(), M)
+        sj.euler_lagrange_residual(
+            jnp.ones((4, 2, 3)), jnp.arange(4.0), sj.Kinetic(), M
+        )

@@ -29,9 +29,17 @@ def _problem(getkey, weighted=True):
 
 def _loss(field):
     def loss(x, V, beta):
-        f = sj.SelfAttention(field.Q, field.K, V, beta, normalization=field.normalization,
-                             causal=field.causal, weights=field.weights,
-                             chunk_size=field.chunk_size, sinkhorn_iters=field.sinkhorn_iters)
+        f = sj.SelfAttention(
+            field.Q,
+            field.K,
+            V,
+            beta,
+            normalization=field.normalization,
+            causal=field.causal,
+            weights=field.weights,
+            chunk_size=field.chunk_size,
+            sinkhorn_iters=field.sinkhorn_iters,
+        )
         return jnp.sum(jnp.sin(3 * f(0.0, x)))
 
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
@@ -55,9 +63,13 @@ def test_chunked_equals_dense_with_gradients(normalization, causal, chunk, getke
     dense = sj.SelfAttention(Q, K, V, 1.7, **kw)
     chunked = sj.SelfAttention(Q, K, V, 1.7, chunk_size=chunk, **kw)
     out = eqx.filter_jit(chunked)(0.0, x)
-    np.testing.assert_allclose(out, eqx.filter_jit(dense)(0.0, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        out, eqx.filter_jit(dense)(0.0, x), rtol=1e-12, atol=1e-12
+    )
     if normalization in ("softmax", "unnormalized"):  # and an independent reference
-        ref = np_attention_velocity(x, *map(np.asarray, (Q, K, V)), 1.7, normalization, causal, w)
+        ref = np_attention_velocity(
+            x, *map(np.asarray, (Q, K, V)), 1.7, normalization, causal, w
+        )
         np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
     g_chunk = _loss(chunked)(x, V, jnp.asarray(1.7))
     g_dense = _loss(dense)(x, V, jnp.asarray(1.7))
@@ -73,9 +85,18 @@ def test_hardmax_ties_across_blocks():
     x = jnp.tile(jnp.array([[1.0, 0.0, 0.0]]), (N, 1))
     x = x.at[::3].set(jnp.array([0.0, 1.0, 0.0]))
     Q = jnp.array([[0.0, 0.0, 1.0]])  # Q x = 0: scores all zero
-    out = attend(x, Q[None], Q[None], jnp.eye(3)[None], 1.0, normalization="hardmax",
-                 chunk_size=4)
-    np.testing.assert_allclose(out, jnp.broadcast_to(jnp.mean(x, 0), x.shape), atol=1e-15)
+    out = attend(
+        x,
+        Q[None],
+        Q[None],
+        jnp.eye(3)[None],
+        1.0,
+        normalization="hardmax",
+        chunk_size=4,
+    )
+    np.testing.assert_allclose(
+        out, jnp.broadcast_to(jnp.mean(x, 0), x.shape), atol=1e-15
+    )
 
 
 def test_chunked_sinkhorn_is_doubly_stochastic(getkey):
@@ -84,14 +105,24 @@ def test_chunked_sinkhorn_is_doubly_stochastic(getkey):
     n = 6
     x = jnp.eye(n)
     Q = 0.3 * jax.random.normal(getkey(), (n, n))
-    out = attend(x, Q[None], Q[None], jnp.eye(n)[None], 2.0, normalization="sinkhorn",
-                 sinkhorn_iters=200, chunk_size=4)
+    out = attend(
+        x,
+        Q[None],
+        Q[None],
+        jnp.eye(n)[None],
+        2.0,
+        normalization="sinkhorn",
+        sinkhorn_iters=200,
+        chunk_size=4,
+    )
     A = np.asarray(out)  # A_ij x_j summed over j = row i of A (x_j = e_j)
     np.testing.assert_allclose(A.sum(1), 1.0, atol=1e-12)
     np.testing.assert_allclose(A.sum(0), 1.0, atol=1e-10)
 
 
-@pytest.mark.parametrize("normalization", ["softmax", "unnormalized", "hardmax", "sinkhorn"])
+@pytest.mark.parametrize(
+    "normalization", ["softmax", "unnormalized", "hardmax", "sinkhorn"]
+)
 def test_backward_memory_is_linear_in_n(normalization):
     # compile (do not run) the gradient at n = 4096: a dense backward would need
     # n^2 * 8 bytes = 134 MB per score-sized array; the chunked one stays far below
@@ -112,7 +143,9 @@ def test_backward_memory_is_linear_in_n(normalization):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_float32_softmax_routes_through_dot_product_attention(causal, getkey, monkeypatch):
+def test_float32_softmax_routes_through_dot_product_attention(
+    causal, getkey, monkeypatch
+):
     # the route is taken on GPU/TPU; force it here to check it on CPU
     assert not uses_dot_product_attention(jnp.float32, "softmax", None, N) or (
         jax.default_backend() != "cpu"
@@ -127,12 +160,20 @@ def test_float32_softmax_routes_through_dot_product_attention(causal, getkey, mo
     field = sj.SelfAttention(f32(Q), f32(K), f32(V), 1.7, causal=causal, weights=f32(w))
     out = field(0.0, f32(x))
     assert out.dtype == jnp.float32
-    ref = np_attention_velocity(x, *map(np.asarray, (Q, K, V)), 1.7, "softmax", causal, w)
+    ref = np_attention_velocity(
+        x, *map(np.asarray, (Q, K, V)), 1.7, "softmax", causal, w
+    )
     np.testing.assert_allclose(out, ref, atol=2e-5)
 
     def loss(beta, dtype):
-        f = sj.SelfAttention(Q.astype(dtype), K.astype(dtype), V.astype(dtype), beta,
-                             causal=causal, weights=jnp.asarray(w, dtype))
+        f = sj.SelfAttention(
+            Q.astype(dtype),
+            K.astype(dtype),
+            V.astype(dtype),
+            beta,
+            causal=causal,
+            weights=jnp.asarray(w, dtype),
+        )
         return jnp.sum(jnp.sin(f(0.0, x.astype(dtype))))
 
     g32 = jax.grad(loss)(jnp.float32(1.7), jnp.float32)

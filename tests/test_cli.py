@@ -16,9 +16,24 @@ def test_simulate_command_end_to_end(tmp_path):
     # the README's main job, as a user runs it (small sizes)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "spherejax", "simulate", "--n", "12", "--t1", "8",
-         "--saves", "41", "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "spherejax",
+            "simulate",
+            "--n",
+            "12",
+            "--t1",
+            "8",
+            "--saves",
+            "41",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": ROOT},
     )
     assert proc.returncode == 0, proc.stderr
@@ -54,8 +69,11 @@ def _bad_files(folder):
     with_nan = x0.copy()
     with_nan[1, 2] = np.nan
     np.save(bad / "x0_nan.npy", with_nan)
-    sj.save(bad / "field.sjx", sj.SelfAttention.identity(3, 1.0),
-            sj.field_hyperparams(sj.SelfAttention.identity(3, 1.0)))
+    sj.save(
+        bad / "field.sjx",
+        sj.SelfAttention.identity(3, 1.0),
+        sj.field_hyperparams(sj.SelfAttention.identity(3, 1.0)),
+    )
     (bad / "truncated.sjx").write_bytes((bad / "field.sjx").read_bytes()[:-10])
     (bad / "not_a_field.txt").write_text("hello\n")
     (bad / "a_file").write_text("")
@@ -88,8 +106,12 @@ def _table_rows():
             if in_table and not line.startswith("|"):
                 break
             if in_table:
-                what, command, message = (c.strip() for c in line.strip().strip("|").split(" | "))
-                rows.append((what, shlex.split(command.strip("`")), message.strip("`").strip()))
+                what, command, message = (
+                    c.strip() for c in line.strip().strip("|").split(" | ")
+                )
+                rows.append(
+                    (what, shlex.split(command.strip("`")), message.strip("`").strip())
+                )
     return rows
 
 
@@ -99,10 +121,17 @@ BAD_INPUTS = _table_rows()
 def test_bad_input_table_is_long_enough():
     # the table is the documentation: it must not be emptied silently
     assert len(BAD_INPUTS) >= 40
-    assert {argv[0] for _, argv, _ in BAD_INPUTS} >= {"simulate", "sweep", "fit", "bench"}
+    assert {argv[0] for _, argv, _ in BAD_INPUTS} >= {
+        "simulate",
+        "sweep",
+        "fit",
+        "bench",
+    }
 
 
-@pytest.mark.parametrize("what, argv, message", BAD_INPUTS, ids=[w for w, _, _ in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "what, argv, message", BAD_INPUTS, ids=[w for w, _, _ in BAD_INPUTS]
+)
 def test_bad_input_table(what, argv, message, tmp_path, monkeypatch, capsys):
     _bad_files(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -127,9 +156,27 @@ def test_fit_recovers_the_simulated_field(tmp_path, capsys):
     import spherejax as sj
 
     sim, out = tmp_path / "sim", tmp_path / "fit"
-    assert main(["simulate", "--n", "12", "--t1", "6", "--saves", "61", "--x64",
-                 "--out", str(sim)]) == 0
-    assert main(["fit", "--data", str(sim / "simulate.npz"), "--x64", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--n",
+                "12",
+                "--t1",
+                "6",
+                "--saves",
+                "61",
+                "--x64",
+                "--out",
+                str(sim),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["fit", "--data", str(sim / "simulate.npz"), "--x64", "--out", str(out)])
+        == 0
+    )
     summary = json.loads((out / "fit.json").read_text())
     assert summary["residual_initial"]["heldout"] > 0.5
     assert summary["residual_fitted"]["train"] < 1e-2
@@ -145,8 +192,25 @@ def test_fit_recovers_the_simulated_field(tmp_path, capsys):
     assert rel < 1e-2
 
     capsys.readouterr()
-    assert main(["simulate", "--field", str(out / "field.sjx"), "--n", "12", "--t1", "2",
-                 "--saves", "5", "--x64", "--out", str(tmp_path / "resim")]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--field",
+                str(out / "field.sjx"),
+                "--n",
+                "12",
+                "--t1",
+                "2",
+                "--saves",
+                "5",
+                "--x64",
+                "--out",
+                str(tmp_path / "resim"),
+            ]
+        )
+        == 0
+    )
     assert "beta=1.0" in capsys.readouterr().out
 
 
@@ -157,12 +221,28 @@ def jax_vmap_field(field, ys):
 
 
 def test_bench_command_reports_field_and_floor(tmp_path, capsys):
-    assert main(["bench", "--n", "16,32", "--d", "8", "--repeats", "2",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--n",
+                "16,32",
+                "--d",
+                "8",
+                "--repeats",
+                "2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [r["n"] for r in report["rows"]] == [16, 32]
     for row in report["rows"]:
         assert row["field_ms"] > 0 and row["floor_ms"] > 0
-        assert row["field_over_floor"] == pytest.approx(row["field_ms"] / row["floor_ms"])
+        assert row["field_over_floor"] == pytest.approx(
+            row["field_ms"] / row["floor_ms"]
+        )
         assert f"{row['n']:7d}" in text

@@ -3,9 +3,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import np_attention_velocity
 
 import spherejax as sj
-from helpers import np_attention_velocity
 
 
 N, D, H, KD = 7, 4, 2, 3
@@ -26,8 +26,12 @@ def test_matches_numpy_reference(normalization, causal, getkey):
     x = sj.Sphere().random(getkey(), (N, D))
     w = np.asarray(jr.uniform(getkey(), (N,), minval=0.5, maxval=1.5))
     w = w / w.sum()
-    f = sj.SelfAttention(Q, K, V, 1.7, normalization=normalization, causal=causal, weights=w)
-    ref = np_attention_velocity(x, *map(np.asarray, (Q, K, V)), 1.7, normalization, causal, w)
+    f = sj.SelfAttention(
+        Q, K, V, 1.7, normalization=normalization, causal=causal, weights=w
+    )
+    ref = np_attention_velocity(
+        x, *map(np.asarray, (Q, K, V)), 1.7, normalization, causal, w
+    )
     np.testing.assert_allclose(f(0.0, x), ref, rtol=1e-12, atol=1e-13)
 
 
@@ -42,7 +46,9 @@ def test_single_head_shapes_equal_one_head(getkey):
 MANIFOLDS = [sj.Sphere(), sj.Sphere(radius=3.0), sj.LayerNormSphere()]
 
 
-@pytest.mark.parametrize("normalization", ["softmax", "unnormalized", "sinkhorn", "hardmax"])
+@pytest.mark.parametrize(
+    "normalization", ["softmax", "unnormalized", "sinkhorn", "hardmax"]
+)
 @pytest.mark.parametrize("manifold", MANIFOLDS, ids=["sphere", "sphere3", "layernorm"])
 def test_outputs_tangent_and_permutation_equivariant(normalization, manifold, getkey):
     Q, K, V = _params(getkey())
@@ -65,7 +71,9 @@ def test_jit_and_vmap_agree(getkey):
     f = sj.SelfAttention(Q, K, V, 2.0, causal=True)
     xs = sj.Sphere().random(getkey(), (5, N, D))
     eager = jnp.stack([f(0.0, x) for x in xs])
-    np.testing.assert_allclose(jax.jit(jax.vmap(lambda x: f(0.0, x)))(xs), eager, atol=1e-13)
+    np.testing.assert_allclose(
+        jax.jit(jax.vmap(lambda x: f(0.0, x)))(xs), eager, atol=1e-13
+    )
     np.testing.assert_allclose(jax.vmap(lambda x: f(0.0, x))(xs), eager, atol=1e-13)
 
 
@@ -74,7 +82,9 @@ def test_causal_first_token_at_rest_and_triangular(getkey):
     f = sj.SelfAttention(Q, K, V, 5.0, causal=True)
     x = sj.Sphere().random(getkey(), (N, D))
     # token 1 only sees itself: with V = I its velocity P_x1(x1) vanishes (to round-off)
-    f_id = sj.SelfAttention(Q, K, jnp.broadcast_to(jnp.eye(D), (H, D, D)), 5.0, causal=True)
+    f_id = sj.SelfAttention(
+        Q, K, jnp.broadcast_to(jnp.eye(D), (H, D, D)), 5.0, causal=True
+    )
     assert np.max(np.abs(np.asarray(f_id(0.0, x)[0]))) < 1e-15
     assert np.min(np.linalg.norm(np.asarray(f_id(0.0, x)[1:]), axis=-1)) > 1e-3
     A = sj.attention_matrix(x, Q, K, 5.0, causal=True)
@@ -87,12 +97,16 @@ def test_causal_first_token_at_rest_and_triangular(getkey):
 def test_sinkhorn_is_doubly_stochastic(getkey):
     Q, K, _ = _params(getkey())
     x = sj.Sphere().random(getkey(), (N, D))
-    A = np.asarray(sj.attention_matrix(x, Q, K, 2.0, normalization="sinkhorn", sinkhorn_iters=500))
+    A = np.asarray(
+        sj.attention_matrix(x, Q, K, 2.0, normalization="sinkhorn", sinkhorn_iters=500)
+    )
     np.testing.assert_allclose(A.sum(-1), 1.0, atol=1e-12)
     np.testing.assert_allclose(A.sum(-2), 1.0, atol=1e-10)
     assert np.all(A > 0)
     # Sinkhorn's theorem: A = diag(a) exp(beta S) diag(b); check the log-rank structure
-    S = 2.0 * np.einsum("hkd,nd,hke,me->hnm", np.asarray(Q), np.asarray(x), np.asarray(K), np.asarray(x))
+    S = 2.0 * np.einsum(
+        "hkd,nd,hke,me->hnm", np.asarray(Q), np.asarray(x), np.asarray(K), np.asarray(x)
+    )
     R = np.log(A) - S  # must equal f_i + g_j
     Rc = R - R[:, :, :1] - R[:, :1, :] + R[:, :1, :1]
     np.testing.assert_allclose(Rc, 0.0, atol=1e-10)
@@ -104,7 +118,15 @@ def test_sinkhorn_weighted_marginals(getkey):
     w = np.asarray(jr.uniform(getkey(), (N,), minval=0.2, maxval=1.0))
     w = w / w.sum()
     A = np.asarray(
-        sj.attention_matrix(x, Q, K, 1.0, normalization="sinkhorn", log_weights=jnp.log(w), sinkhorn_iters=500)
+        sj.attention_matrix(
+            x,
+            Q,
+            K,
+            1.0,
+            normalization="sinkhorn",
+            log_weights=jnp.log(w),
+            sinkhorn_iters=500,
+        )
     )[0]
     np.testing.assert_allclose(A.sum(-1), 1.0, atol=1e-12)
     np.testing.assert_allclose(w @ A, w, atol=1e-12)
@@ -141,7 +163,9 @@ def test_chunked_equals_dense(normalization, getkey):
     Q, K, V = _params(getkey())
     x = sj.Sphere().random(getkey(), (N, D))
     dense = sj.SelfAttention(Q, K, V, 1.5, normalization=normalization, causal=True)
-    chunk = sj.SelfAttention(Q, K, V, 1.5, normalization=normalization, causal=True, chunk_size=3)
+    chunk = sj.SelfAttention(
+        Q, K, V, 1.5, normalization=normalization, causal=True, chunk_size=3
+    )
     np.testing.assert_allclose(chunk(0.0, x), dense(0.0, x), atol=1e-13)
     g = lambda f: jax.grad(lambda b: jnp.sum(jnp.sin(f(0.0, x))) * b)(1.0)  # noqa: E731
     np.testing.assert_allclose(g(chunk), g(dense), rtol=1e-12)
@@ -155,10 +179,21 @@ def test_feedforward_sum_and_layerwise(getkey):
     ref = raw - np.sum(raw * np.asarray(x), -1, keepdims=True) * np.asarray(x)
     np.testing.assert_allclose(ff(0.0, x), ref, atol=1e-13)
     sa = sj.SelfAttention.identity(D, 3.0)
-    np.testing.assert_allclose(sj.Sum(sa, ff)(0.0, x), sa(0.0, x) + ff(0.0, x), atol=1e-15)
+    np.testing.assert_allclose(
+        sj.Sum(sa, ff)(0.0, x), sa(0.0, x) + ff(0.0, x), atol=1e-15
+    )
     layers = [sj.SelfAttention.identity(D, b) for b in (1.0, 2.0, 4.0)]
     lw = sj.Layerwise(layers, jnp.array([0.0, 1.0, 2.5, 3.0]))
-    for t, k in [(0.0, 0), (0.99, 0), (1.0, 1), (2.4, 1), (2.5, 2), (3.0, 2), (7.0, 2), (-1.0, 0)]:
+    for t, k in [
+        (0.0, 0),
+        (0.99, 0),
+        (1.0, 1),
+        (2.4, 1),
+        (2.5, 2),
+        (3.0, 2),
+        (7.0, 2),
+        (-1.0, 0),
+    ]:
         np.testing.assert_allclose(lw(t, x), layers[k](t, x), atol=1e-15)
     np.testing.assert_allclose(lw.jump_times(), [1.0, 2.5])
 
@@ -168,9 +203,14 @@ def test_interaction_energy_formula(getkey):
     D_ = np.diag([1.0, 2.0, -1.0, 0.5])
     w = np.arange(1, N + 1) / np.sum(np.arange(1, N + 1))
     xn = np.asarray(x)
-    ref = sum(
-        w[i] * w[j] * np.exp(2.0 * xn[i] @ D_ @ xn[j]) for i in range(N) for j in range(N)
-    ) / 4.0
+    ref = (
+        sum(
+            w[i] * w[j] * np.exp(2.0 * xn[i] @ D_ @ xn[j])
+            for i in range(N)
+            for j in range(N)
+        )
+        / 4.0
+    )
     np.testing.assert_allclose(sj.interaction_energy(x, 2.0, D_, w), ref, rtol=1e-13)
 
 
@@ -194,7 +234,9 @@ def test_bad_arguments(kwargs, match):
     base = dict(Q=np.eye(3), K=np.eye(3), V=np.eye(3), beta=1.0)
     base.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        sj.SelfAttention(base.pop("Q"), base.pop("K"), base.pop("V"), base.pop("beta"), **base)
+        sj.SelfAttention(
+            base.pop("Q"), base.pop("K"), base.pop("V"), base.pop("beta"), **base
+        )
 
 
 def test_bad_token_shapes():
@@ -204,7 +246,10 @@ def test_bad_token_shapes():
     with pytest.raises(ValueError, match="weights"):
         f(0.0, jnp.ones((6, 3)))
     with pytest.raises(ValueError, match="same manifold"):
-        sj.Sum(sj.SelfAttention.identity(3, 1.0), sj.FeedForward.random(jr.PRNGKey(0), 3, 4, manifold=sj.Euclidean()))
+        sj.Sum(
+            sj.SelfAttention.identity(3, 1.0),
+            sj.FeedForward.random(jr.PRNGKey(0), 3, 4, manifold=sj.Euclidean()),
+        )
     with pytest.raises(ValueError, match="increasing"):
         sj.Layerwise([sj.SelfAttention.identity(3, 1.0)] * 2, [0.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="boundaries"):
@@ -223,12 +268,15 @@ def test_layerwise_built_inside_jit(getkey):
         return sj.Layerwise(layers, times)(1.5, x)
 
     np.testing.assert_allclose(
-        velocity(jnp.array([1.0, 2.0]), x), sj.SelfAttention.identity(D, 2.0)(0.0, x),
+        velocity(jnp.array([1.0, 2.0]), x),
+        sj.SelfAttention.identity(D, 2.0)(0.0, x),
         atol=1e-14,
     )
     bad = jnp.array([0.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="increasing"):
-        jax.jit(lambda x: sj.Layerwise([sj.SelfAttention.identity(D, 1.0)] * 2, bad)(0.0, x))(x)
+        jax.jit(
+            lambda x: sj.Layerwise([sj.SelfAttention.identity(D, 1.0)] * 2, bad)(0.0, x)
+        )(x)
 
 
 @pytest.mark.parametrize("normalization", ["softmax", "unnormalized"])
@@ -248,7 +296,12 @@ def test_identity_attention_matches_numpy(normalization, causal, weighted, getke
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(), dict(normalization="sinkhorn"), dict(normalization="hardmax"), dict(chunk_size=3)],
+    [
+        dict(),
+        dict(normalization="sinkhorn"),
+        dict(normalization="hardmax"),
+        dict(chunk_size=3),
+    ],
 )
 def test_identity_attention_equals_self_attention_identity(kwargs, getkey):
     # the fast path (dense softmax) and the fallbacks: values and beta-gradients

@@ -8,10 +8,9 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from helpers import scipy_reference
 
 import spherejax as sj
-
-from helpers import scipy_reference
 
 
 def test_riemannian_rayleigh_quotient(getkey):
@@ -106,8 +105,13 @@ def test_fit_tracking_recovers_field(problem):
     steps = 1000
     opt = optax.adam(optax.cosine_decay_schedule(1e-2, steps, 1e-3))
     model, losses = sj.fit(
-        init, sj.TrackingLoss(), (ts, train), optimizer=opt, steps=steps,
-        progress=False, filter_spec=spec,
+        init,
+        sj.TrackingLoss(),
+        (ts, train),
+        optimizer=opt,
+        steps=steps,
+        progress=False,
+        filter_spec=spec,
     )
     assert losses.shape == (steps,)
     assert float(losses[-1]) < 1e-4 * float(losses[0])
@@ -116,7 +120,10 @@ def test_fit_tracking_recovers_field(problem):
     assert float(model.beta) == BETA
     np.testing.assert_array_equal(model.Q[0], np.eye(D))
     QtK = lambda m: m.Q[0].T @ m.K[0]
-    assert float(jnp.linalg.norm(QtK(model) - QtK(true)) / jnp.linalg.norm(QtK(true))) < 0.05
+    assert (
+        float(jnp.linalg.norm(QtK(model) - QtK(true)) / jnp.linalg.norm(QtK(true)))
+        < 0.05
+    )
     assert float(jnp.linalg.norm(model.V - true.V) / jnp.linalg.norm(true.V)) < 0.02
 
 
@@ -128,7 +135,12 @@ def test_fit_shooting_recovers_field(problem):
     opt = optax.adam(optax.cosine_decay_schedule(5e-2, steps, 1e-3))
     loss = sj.ShootingLoss(solver=sj.Retract(sj.RK4()), dt0=0.1)
     model, losses = sj.fit(
-        init, loss, (ts, train), optimizer=opt, steps=steps, progress=False,
+        init,
+        loss,
+        (ts, train),
+        optimizer=opt,
+        steps=steps,
+        progress=False,
         filter_spec=spec,
     )
     assert float(losses[-1]) < 1e-4 * float(losses[0])
@@ -138,11 +150,15 @@ def test_fit_shooting_recovers_field(problem):
 def test_endpoint_loss_values(problem):
     true, init, spec, ts, train, test = problem
     x0, x1 = train[:, 0], train[:, -1]
-    plain = sj.EndpointLoss(kinetic=0.0, num_saves=11, solver=sj.Retract(sj.RK4()), dt0=0.05)
+    plain = sj.EndpointLoss(
+        kinetic=0.0, num_saves=11, solver=sj.Retract(sj.RK4()), dt0=0.05
+    )
     # the true flow reaches the targets (RK4 at dt 0.05 against DOP853 at 1e-13)
     assert float(plain(true, (1.0, x0, x1))) < 1e-10
     # the kinetic regulariser is the kinetic action of the flow, per token
-    reg = sj.EndpointLoss(kinetic=1.0, num_saves=11, solver=sj.Retract(sj.RK4()), dt0=0.05)
+    reg = sj.EndpointLoss(
+        kinetic=1.0, num_saves=11, solver=sj.Retract(sj.RK4()), dt0=0.05
+    )
     kin = np.mean([float(sj.action(p, ts, sj.Kinetic(), true.manifold)) for p in train])
     assert abs(float(reg(true, (1.0, x0, x1))) - kin / N) < 1e-6
     assert float(plain(init, (1.0, x0, x1))) > 1e-2
@@ -150,6 +166,12 @@ def test_endpoint_loss_values(problem):
 
 def test_fit_errors():
     with pytest.raises(ValueError, match="steps"):
-        sj.fit(jnp.zeros(2), lambda m, d: jnp.sum(m), None, optimizer=optax.sgd(0.1), steps=0)
+        sj.fit(
+            jnp.zeros(2),
+            lambda m, d: jnp.sum(m),
+            None,
+            optimizer=optax.sgd(0.1),
+            steps=0,
+        )
     with pytest.raises(ValueError, match="manifold"):
         sj.riemannian(optax.sgd(0.1), "sphere")

@@ -9,17 +9,15 @@ once; step sizes and horizons are traced arguments.
 import functools
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.integrate
+from helpers import central_difference, np_attention_velocity, scipy_reference, slope
 
 import spherejax as sj
 from spherejax._solver._lie import expm_small, frame_action
-
-from helpers import central_difference, np_attention_velocity, scipy_reference, slope
 
 
 N, D, BETA = 4, 3, 1.0
@@ -76,7 +74,12 @@ def _tableau(solver):
     a = np.zeros((s, s))
     for i, row in enumerate(t.a, start=1):
         a[i, : len(row)] = row
-    return a, np.array(t.b), np.array(t.c), None if t.b_hat is None else np.array(t.b_hat)
+    return (
+        a,
+        np.array(t.b),
+        np.array(t.c),
+        None if t.b_hat is None else np.array(t.b_hat),
+    )
 
 
 def _classical_conditions(a, b, c):
@@ -165,7 +168,11 @@ def test_euclidean_is_classical_runge_kutta(name):
     else:
         a, b, c, b_hat = _tableau(solver)
         expected, ks = _np_erk(f, y0, h, a, b, c)
-        err = None if b_hat is None else h * sum((bh - bb) * k for bh, bb, k in zip(b_hat, b, ks))
+        err = (
+            None
+            if b_hat is None
+            else h * sum((bh - bb) * k for bh, bb, k in zip(b_hat, b, ks))
+        )
     np.testing.assert_allclose(np.asarray(y1), expected, rtol=0, atol=1e-14)
     if err is None:
         assert y_err is None
@@ -214,7 +221,11 @@ def test_order_and_violation_layernorm(name):
     x0 = np.asarray(y0)
     sol = scipy.integrate.solve_ivp(
         lambda t, y: _np_ln_velocity(y.reshape(x0.shape), 0.25).ravel(),
-        (0, T), x0.ravel(), method="DOP853", rtol=1e-13, atol=1e-13,
+        (0, T),
+        x0.ravel(),
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-13,
     )
     ref = sol.y[:, -1].reshape(x0.shape)
     hs = (0.4, 0.2, 0.1)
@@ -252,8 +263,12 @@ RB_T = 20.0
 @functools.cache
 def _rigid_reference():
     sol = scipy.integrate.solve_ivp(
-        lambda t, u: np.cross(u, u / RB_INERTIA), (0, RB_T), RB_U0[0],
-        method="DOP853", rtol=1e-13, atol=1e-13,
+        lambda t, u: np.cross(u, u / RB_INERTIA),
+        (0, RB_T),
+        RB_U0[0],
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-13,
     )
     return sol.y[:, -1]
 
@@ -344,7 +359,9 @@ def test_splitting_order_and_violation(name, p):
         v = np_attention_velocity(x, eye, eye, eye, BETA) + _np_ffn_velocity(x, ffn)
         return v.ravel()
 
-    sol = scipy.integrate.solve_ivp(rhs, (0, T), x0.ravel(), method="DOP853", rtol=1e-13, atol=1e-13)
+    sol = scipy.integrate.solve_ivp(
+        rhs, (0, T), x0.ravel(), method="DOP853", rtol=1e-13, atol=1e-13
+    )
     ref = sol.y[:, -1].reshape(x0.shape)
     run = _final_runner(name, "sa_ffn")
     hs = (0.1, 0.05, 0.025)
@@ -363,7 +380,9 @@ def test_lie_trotter_euler_is_post_ln_block():
     attn, ffn = sj.SelfAttention.identity(D, BETA), _ffn()
     solver = sj.LieTrotter(attn, ffn, solver=sj.Retract(diffrax.Euler()))
     y0 = _y0(4)
-    y1 = sj.solve(sj.Sum(attn, ffn), y0, jnp.asarray(1.0), solver=solver, dt0=jnp.asarray(1.0)).ys[-1]
+    y1 = sj.solve(
+        sj.Sum(attn, ffn), y0, jnp.asarray(1.0), solver=solver, dt0=jnp.asarray(1.0)
+    ).ys[-1]
     eye = np.eye(D)[None]
     u = np.asarray(y0)
     u = u + np_attention_velocity(u, eye, eye, eye, BETA)
@@ -413,7 +432,9 @@ def test_gradient_matches_finite_differences(name):
         def loss(beta, y0):
             attn = sj.SelfAttention.identity(D, beta)
             field = sj.Sum(attn, ffn) if split else attn
-            yT = sj.solve(field, y0, jnp.asarray(1.5), solver=solver, dt0=jnp.asarray(0.25)).ys[-1]
+            yT = sj.solve(
+                field, y0, jnp.asarray(1.5), solver=solver, dt0=jnp.asarray(0.25)
+            ).ys[-1]
             return jnp.sum(weights * yT)
 
         return jax.value_and_grad(loss, argnums=(0, 1))(beta, y0)
@@ -421,7 +442,9 @@ def test_gradient_matches_finite_differences(name):
     beta = jnp.asarray(1.3)
     y0 = _y0(5)
     _, (g_beta, g_y0) = loss_and_grad(beta, y0)
-    fd = central_difference(lambda b: loss_and_grad(jnp.asarray(b), y0)[0], np.asarray(1.3), 1e-5)
+    fd = central_difference(
+        lambda b: loss_and_grad(jnp.asarray(b), y0)[0], np.asarray(1.3), 1e-5
+    )
     np.testing.assert_allclose(float(g_beta), float(fd), rtol=1e-6)
     # Directional derivative along a tangent direction of the initial tokens.
     v = sj.Sphere().to_tangent(y0, jax.random.normal(jax.random.PRNGKey(9), y0.shape))
@@ -444,7 +467,9 @@ def test_dense_output_projected_and_accurate():
     field = _fields()["sa"]
     y0 = _y0(6)
     ts = np.linspace(0.0, 2.0, 17)  # most save points fall inside steps
-    sol = sj.solve(field, y0, jnp.asarray(2.0), solver=sj.CG4a(), dt0=jnp.asarray(0.3), ts=ts)
+    sol = sj.solve(
+        field, y0, jnp.asarray(2.0), solver=sj.CG4a(), dt0=jnp.asarray(0.3), ts=ts
+    )
     eye = np.eye(D)[None]
     ref = scipy_reference(np.asarray(y0), 2.0, eye, eye, eye, BETA, ts=ts)
     assert float(sj.Sphere().violation(sol.ys)) <= 1e-12
@@ -452,7 +477,10 @@ def test_dense_output_projected_and_accurate():
 
 
 def test_expm_small_matches_scipy():
-    a = np.random.default_rng(1).normal(size=(3, 5, 5)) * np.array([0.01, 1.0, 40.0])[:, None, None]
+    a = (
+        np.random.default_rng(1).normal(size=(3, 5, 5))
+        * np.array([0.01, 1.0, 40.0])[:, None, None]
+    )
     got = np.asarray(expm_small(jnp.asarray(a)))
     for k in range(3):
         ref = scipy.linalg.expm(a[k])
@@ -469,7 +497,9 @@ def test_expm_small_gradient_matches_scipy_differences(scale):
     for k, (i, j) in enumerate([(0, 1), (2, 5), (4, 4), (5, 0)]):
         da = np.zeros((6, 6))
         da[i, j] = eps
-        fd = np.sum(w[k] * (scipy.linalg.expm(a[k] + da) - scipy.linalg.expm(a[k] - da))) / (2 * eps)
+        fd = np.sum(
+            w[k] * (scipy.linalg.expm(a[k] + da) - scipy.linalg.expm(a[k] - da))
+        ) / (2 * eps)
         assert abs(grad[k, i, j] - fd) <= 1e-6 * max(1.0, abs(fd))
 
 
@@ -495,11 +525,17 @@ def test_layernorm_with_nonzero_centre():
         return (v - np.sum(xc * v, axis=1, keepdims=True) * xc / (4 * std**2)).ravel()
 
     T = 2.0
-    ref = scipy.integrate.solve_ivp(
-        rhs, (0, T), x0.ravel(), method="DOP853", rtol=1e-13, atol=1e-13
-    ).y[:, -1].reshape(x0.shape)
+    ref = (
+        scipy.integrate.solve_ivp(
+            rhs, (0, T), x0.ravel(), method="DOP853", rtol=1e-13, atol=1e-13
+        )
+        .y[:, -1]
+        .reshape(x0.shape)
+    )
     assert np.max(np.abs(ref - x0)) > 0.1  # the tokens do move
     for solver in (sj.RKMK4(), sj.CG3()):
-        y1 = sj.solve(field, y0, jnp.asarray(T), solver=solver, dt0=jnp.asarray(0.1)).ys[-1]
+        y1 = sj.solve(
+            field, y0, jnp.asarray(T), solver=solver, dt0=jnp.asarray(0.1)
+        ).ys[-1]
         assert float(manifold.violation(y1)) <= 1e-12
         assert np.max(np.abs(np.asarray(y1) - ref)) < 1e-4

@@ -54,7 +54,9 @@ def test_load_into_a_skeleton_and_a_float32_skeleton(tmp_path, getkey):
 def jax_tree_astype(tree, dtype):
     import jax
 
-    return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree
+    )
 
 
 def test_mismatched_skeletons_are_refused(tmp_path, getkey):

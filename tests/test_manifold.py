@@ -80,15 +80,21 @@ def test_log_inverts_exp_and_dist(m, getkey):
     x, v = _point_and_tangent(m, getkey(), scale=0.8)
     y = m.exp(x, v)
     np.testing.assert_allclose(m.log(x, y), v, atol=1e-12)
-    np.testing.assert_allclose(m.dist(x, y), np.linalg.norm(np.asarray(v), axis=-1), atol=1e-12)
+    np.testing.assert_allclose(
+        m.dist(x, y), np.linalg.norm(np.asarray(v), axis=-1), atol=1e-12
+    )
 
 
 def test_sphere_exp_is_the_great_circle():
     m = sj.Sphere(radius=2.0)
     x = jnp.array([2.0, 0.0, 0.0])
     v = jnp.array([0.0, 0.7, 0.0])  # speed 0.7 on radius 2: angle 0.35
-    np.testing.assert_allclose(m.exp(x, v), [2 * np.cos(0.35), 2 * np.sin(0.35), 0], atol=1e-15)
-    np.testing.assert_allclose(m.dist(x, jnp.array([0.0, 0.0, -2.0])), np.pi, atol=1e-14)
+    np.testing.assert_allclose(
+        m.exp(x, v), [2 * np.cos(0.35), 2 * np.sin(0.35), 0], atol=1e-15
+    )
+    np.testing.assert_allclose(
+        m.dist(x, jnp.array([0.0, 0.0, -2.0])), np.pi, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("m", MANIFOLDS, ids=IDS)

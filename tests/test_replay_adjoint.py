@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import central_difference
 
 import spherejax as sj
-from helpers import central_difference
 
 
 N, D = 7, 3
@@ -55,7 +55,14 @@ def _grads(field, y0, target, adjoint, solver=None, ts=TS, **kwargs):
             sol = sj.solve(field, y0, ts[-1], ts=ts, solver=solver, **kwargs)
         else:
             sol = sj.solve(
-                field, y0, ts[-1], ts=ts, solver=solver, adjoint=adjoint, **TOL, **kwargs
+                field,
+                y0,
+                ts[-1],
+                ts=ts,
+                solver=solver,
+                adjoint=adjoint,
+                **TOL,
+                **kwargs,
             )
         return jnp.sum(sol.ys * target), sol.ys
 
@@ -68,7 +75,9 @@ def _assert_close_trees(a, b, rtol):
     assert len(la) == len(lb) and len(la) > 0
     scale = max(float(jnp.max(jnp.abs(x))) for x in lb)
     for x, y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=rtol * scale)
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), rtol=0, atol=rtol * scale
+        )
 
 
 CASES = {
@@ -100,7 +109,9 @@ def test_matches_recursive_checkpoint(case, getkey):
     np.testing.assert_allclose(np.asarray(ys[0]), np.asarray(y0), atol=1e-15)
 
 
-@pytest.mark.parametrize("inner", [diffrax.Dopri8(), diffrax.Bosh3()], ids=["Dopri8", "Bosh3"])
+@pytest.mark.parametrize(
+    "inner", [diffrax.Dopri8(), diffrax.Bosh3()], ids=["Dopri8", "Bosh3"]
+)
 def test_other_runge_kutta_tableaus(inner, getkey):
     # Dopri8 is not first-same-as-last: every stage is evaluated in its own step
     field = _attention(getkey())
@@ -137,11 +148,15 @@ def test_ensemble_vmap(getkey):
         sol = sj.solve(f, y0, 2.0, adjoint=sj.ReplayAdjoint(), **TOL)
         return jnp.sum(sol.ys[-1] * target)
 
-    batched = jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(None, 0))(field.beta, y0s)
+    batched = jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(None, 0))(
+        field.beta, y0s
+    )
     for i in range(3):
         one = jax.grad(loss, argnums=(0, 1))(field.beta, y0s[i])
         np.testing.assert_allclose(float(batched[0][i]), float(one[0]), rtol=1e-10)
-        np.testing.assert_allclose(np.asarray(batched[1][i]), np.asarray(one[1]), atol=1e-10)
+        np.testing.assert_allclose(
+            np.asarray(batched[1][i]), np.asarray(one[1]), atol=1e-10
+        )
 
 
 def test_forward_equals_default_solve(getkey):
@@ -177,7 +192,9 @@ def test_errors(getkey):
 def test_float32(getkey):
     # float32 takes the recomputing pullback; it must still give the gradient
     field = _attention(getkey())
-    field = jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, field)
+    field = jax.tree.map(
+        lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, field
+    )
     y0 = sj.Sphere().random(getkey(), (N, D)).astype(jnp.float32)
     target = jr.normal(getkey(), (N, D), jnp.float32)
 

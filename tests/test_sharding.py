@@ -29,7 +29,10 @@ def results():
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, str(HERE / "_sharding_check.py")],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -60,11 +63,15 @@ def test_bad_sharding_arguments():
     with pytest.raises(ValueError, match="num_devices"):
         sj.make_mesh(10_000)
     with pytest.raises(ValueError, match="sinkhorn"):
-        sj.TokenSharded(sj.SelfAttention.identity(3, 1.0, normalization="sinkhorn"), mesh)
+        sj.TokenSharded(
+            sj.SelfAttention.identity(3, 1.0, normalization="sinkhorn"), mesh
+        )
     with pytest.raises(ValueError, match="not an axis"):
         sj.shard_tokens(jnp.ones((4, 3)), mesh, axis="tokens")
     with pytest.raises(ValueError, match="batch, n, d"):
-        sj.sharded_solve(sj.SelfAttention.identity(3, 1.0), jnp.ones((4, 3)), 1.0, mesh=mesh)
+        sj.sharded_solve(
+            sj.SelfAttention.identity(3, 1.0), jnp.ones((4, 3)), 1.0, mesh=mesh
+        )
     # one device: the wrapper is the plain field
     x = sj.Sphere().random(__import__("jax").random.PRNGKey(0), (6, 3))
     f = sj.SelfAttention.identity(3, 2.0, causal=True)

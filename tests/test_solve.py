@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from helpers import central_difference, scipy_reference, slope
 
 import spherejax as sj
-from helpers import central_difference, scipy_reference, slope
 
 
 SPHERE = sj.Sphere()
@@ -40,7 +40,11 @@ def test_violation_along_long_solve(inner, getkey):
     Q, K, V, x0 = _problem(getkey(), n=8, d=3)
     field = sj.SelfAttention(Q, K, V, 2.0)
     ts = jnp.linspace(0.0, 50.0, 37)  # saved points fall inside steps: dense output
-    kwargs = dict(dt0=0.05) if isinstance(inner, diffrax.Euler) else dict(rtol=1e-5, atol=1e-7)
+    kwargs = (
+        dict(dt0=0.05)
+        if isinstance(inner, diffrax.Euler)
+        else dict(rtol=1e-5, atol=1e-7)
+    )
     sol = sj.solve(field, x0, 50.0, solver=sj.Retract(inner), ts=ts, **kwargs)
     assert np.all(np.isfinite(np.asarray(sol.ys)))
     assert float(SPHERE.violation(sol.ys)) <= 1e-12
@@ -67,7 +71,9 @@ def test_convergence_order_against_scipy(inner, order, dts):
 
     @eqx.filter_jit
     def run(dt):
-        return sj.solve(field, x0, T, solver=sj.Retract(inner), dt0=dt, max_steps=512).ys[-1]
+        return sj.solve(
+            field, x0, T, solver=sj.Retract(inner), dt0=dt, max_steps=512
+        ).ys[-1]
 
     errs = [float(jnp.max(SPHERE.dist(run(jnp.asarray(dt)), ref))) for dt in dts]
     assert min(errs) > 3e-13, errs  # still above the reference accuracy (~1e-14)
@@ -107,7 +113,9 @@ def test_equiangular_reference(normalization, getkey):
     rho = sj.equiangular(ts, beta, n, rho0, normalization)
     cos = np.asarray(jax.vmap(sj.pairwise_cosines)(sol.ys))
     off = cos[:, ~np.eye(n, dtype=bool)]
-    np.testing.assert_allclose(off, np.broadcast_to(np.asarray(rho)[:, None], off.shape), atol=1e-7)
+    np.testing.assert_allclose(
+        off, np.broadcast_to(np.asarray(rho)[:, None], off.shape), atol=1e-7
+    )
     assert float(rho[-1]) > 0.5  # the configuration really moved
 
 
@@ -127,7 +135,9 @@ def test_usa_energy_identity(getkey):
     E = jax.vmap(lambda y: sj.interaction_energy(y, beta))(ys)
     rate = jax.vmap(lambda y: jnp.sum(field(0.0, y) ** 2) / n)(ys)
     dt = ts[1] - ts[0]
-    simpson = dt / 3 * (rate[0] + rate[-1] + 4 * rate[1:-1:2].sum() + 2 * rate[2:-1:2].sum())
+    simpson = (
+        dt / 3 * (rate[0] + rate[-1] + 4 * rate[1:-1:2].sum() + 2 * rate[2:-1:2].sum())
+    )
     np.testing.assert_allclose(E[-1] - E[0], simpson, rtol=1e-8)
 
 
@@ -158,7 +168,9 @@ def test_jit_vmap_and_float32(getkey):
     xs = SPHERE.random(getkey(), (4, 6, 3))
     batched = jax.jit(jax.vmap(lambda x: sj.solve(field, x, 1.0).ys[-1]))(xs)
     for b in range(4):
-        np.testing.assert_allclose(batched[b], sj.solve(field, xs[b], 1.0).ys[-1], atol=1e-12)
+        np.testing.assert_allclose(
+            batched[b], sj.solve(field, xs[b], 1.0).ys[-1], atol=1e-12
+        )
     sol32 = sj.solve(field, xs[0].astype(jnp.float32), 1.0, ts=jnp.linspace(0, 1, 5))
     assert sol32.ys.dtype == jnp.float32 and sol32.ts.dtype == jnp.float32
     np.testing.assert_allclose(sol32.ys[-1], batched[0], atol=1e-5)
@@ -167,16 +179,26 @@ def test_jit_vmap_and_float32(getkey):
 def test_dense_output_on_manifold(getkey):
     field = sj.SelfAttention.identity(3, 2.0)
     x0 = SPHERE.random(getkey(), (6, 3))
-    sol = sj.solve(field, x0, 5.0, saveat=diffrax.SaveAt(dense=True), rtol=1e-4, atol=1e-6)
+    sol = sj.solve(
+        field, x0, 5.0, saveat=diffrax.SaveAt(dense=True), rtol=1e-4, atol=1e-6
+    )
     pts = jax.vmap(sol.evaluate)(jnp.linspace(0.0, 5.0, 57))
     assert float(SPHERE.violation(pts)) <= 1e-12
     # the unprojected inner interpolation does leave the sphere: the projection matters
     raw = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 5.0, None, x0,
+        diffrax.ODETerm(field),
+        diffrax.Tsit5(),
+        0.0,
+        5.0,
+        None,
+        x0,
         saveat=diffrax.SaveAt(dense=True),
         stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-6),
     )
-    assert float(SPHERE.violation(jax.vmap(raw.evaluate)(jnp.linspace(0.0, 5.0, 57)))) > 1e-8
+    assert (
+        float(SPHERE.violation(jax.vmap(raw.evaluate)(jnp.linspace(0.0, 5.0, 57))))
+        > 1e-8
+    )
 
 
 ADJOINTS = {
@@ -212,7 +234,9 @@ def test_forward_mode_through_solve(getkey):
 
     def final(beta):
         field = sj.SelfAttention.identity(3, beta)
-        return sj.solve(field, x0, 1.0, adjoint=diffrax.ForwardMode(), rtol=1e-10, atol=1e-12).ys[-1]
+        return sj.solve(
+            field, x0, 1.0, adjoint=diffrax.ForwardMode(), rtol=1e-10, atol=1e-12
+        ).ys[-1]
 
     _, tangent = jax.jvp(final, (1.5,), (1.0,))
     fd = (final(1.5 + 1e-6) - final(1.5 - 1e-6)) / 2e-6

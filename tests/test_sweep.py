@@ -6,21 +6,37 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # distinct n per cell: each cell compiles its own solve (a few seconds), which
 # leaves a window to kill the sweep between cells
-ARGS = ["sweep", "--n", "4,5,6,7", "--d", "2", "--beta", "1", "--t1", "3",
-        "--seeds", "2", "--saves", "7"]
+ARGS = [
+    "sweep",
+    "--n",
+    "4,5,6,7",
+    "--d",
+    "2",
+    "--beta",
+    "1",
+    "--t1",
+    "3",
+    "--seeds",
+    "2",
+    "--saves",
+    "7",
+]
 
 
 def _run(out, **kw):
     return subprocess.Popen(
         [sys.executable, "-m", "spherejax", *ARGS, "--out", str(out)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
     )
 
 
@@ -52,7 +68,11 @@ def test_sweep_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert ref.returncode == 0, err
     assert (killed / "sweep.npz").read_bytes() == (full / "sweep.npz").read_bytes()
     with np.load(full / "sweep.npz") as data:
-        assert all(np.all(np.isfinite(data[k])) for k in data.files if data[k].dtype.kind == "f")
+        assert all(
+            np.all(np.isfinite(data[k]))
+            for k in data.files
+            if data[k].dtype.kind == "f"
+        )
 
     # rerunning a finished sweep recomputes nothing
     again = _run(full)
@@ -71,7 +91,10 @@ def test_sweep_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert manifest  # the manifest exists and is JSON
     other = subprocess.run(
         [sys.executable, "-m", "spherejax", *ARGS[:-2], "3", "--out", str(killed)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert other.returncode == 2 and "error" in other.stderr.lower()

@@ -29,7 +29,6 @@ Nothing here forms a `d x d` matrix:
 """
 
 import math
-from collections.abc import Callable
 
 import diffrax
 import equinox as eqx
@@ -331,7 +330,13 @@ class AbstractLieSolver(AbstractManifoldSolver):
         else:
             y_error = manifold.log(y1, manifold.project(y1_hat))
         dense_info = dict(y0=y0, y1=y1, k0=h * f0, k1=h * f1)
-        return y1, y_error, dense_info, (jnp.asarray(False), f1), diffrax.RESULTS.successful
+        return (
+            y1,
+            y_error,
+            dense_info,
+            (jnp.asarray(False), f1),
+            diffrax.RESULTS.successful,
+        )
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)

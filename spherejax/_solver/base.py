@@ -5,7 +5,6 @@ from collections.abc import Callable
 import diffrax
 import equinox as eqx
 
-
 from .._manifold import AbstractManifold
 
 

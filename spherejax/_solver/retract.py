@@ -49,8 +49,12 @@ class Retract(AbstractManifoldSolver, diffrax.AbstractWrappedSolver):
                 "`Retract` wraps explicit solvers; got the implicit "
                 f"{type(self.solver).__name__}."
             )
-        if self.manifold is not None and not isinstance(self.manifold, AbstractManifold):
-            raise ValueError(f"`manifold` must be a spherejax manifold; got {self.manifold!r}.")
+        if self.manifold is not None and not isinstance(
+            self.manifold, AbstractManifold
+        ):
+            raise ValueError(
+                f"`manifold` must be a spherejax manifold; got {self.manifold!r}."
+            )
 
     @property
     def _inner(self) -> diffrax.AbstractSolver:
