@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from spherejax.__main__ import main
+from spherejax.cli import main
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -226,3 +226,20 @@ def flag_type(section: str, name: str):
             raise argparse.ArgumentTypeError(str(e)) from None
 
     return argparse_type
+
+
+def build_solver(name: str):
+    """`Retract` around the diffrax solver called `name` (see `SOLVERS`)."""
+    import diffrax
+
+    from .._solver import RK4, Retract
+
+    inner = {
+        "tsit5": diffrax.Tsit5,
+        "dopri5": diffrax.Dopri5,
+        "dopri8": diffrax.Dopri8,
+        "rk4": RK4,
+        "heun": diffrax.Heun,
+        "euler": diffrax.Euler,
+    }[name]()
+    return Retract(inner)

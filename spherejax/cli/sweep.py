@@ -32,28 +32,14 @@ import zipfile
 
 import numpy as np
 
+from .config import build_solver
+from .plots import plot_sweep
+
 
 FORMAT = "spherejax-sweep"
 FORMAT_VERSION = 1
 AXES = ("n", "d", "beta")
 TMP = ".tmp-"
-
-
-def build_solver(name: str):
-    """`Retract` around the diffrax solver called `name` (see `_config.SOLVERS`)."""
-    import diffrax
-
-    from ._solver import RK4, Retract
-
-    inner = {
-        "tsit5": diffrax.Tsit5,
-        "dopri5": diffrax.Dopri5,
-        "dopri8": diffrax.Dopri8,
-        "rk4": RK4,
-        "heun": diffrax.Heun,
-        "euler": diffrax.Euler,
-    }[name]()
-    return Retract(inner)
 
 
 def grid(options: dict) -> list[dict]:
@@ -160,9 +146,9 @@ class _Simulator:
         import jax
         import jax.numpy as jnp
 
-        from ._energy import interaction_energy
-        from ._field import SelfAttention
-        from ._integrate import solve
+        from .._energy import interaction_energy
+        from .._field import SelfAttention
+        from .._integrate import solve
 
         o = self.options
         solver = build_solver(o["solver"])
@@ -205,8 +191,8 @@ class _Simulator:
         import jax.numpy as jnp
         import jax.random as jr
 
-        from ._diagnostics import cluster_count
-        from ._manifold import Sphere
+        from .._diagnostics import cluster_count
+        from .._manifold import Sphere
 
         o = self.options
         n, d, beta = cell["n"], cell["d"], cell["beta"]
@@ -273,7 +259,7 @@ def _check_folder(out: str, manifest: dict) -> None:
 
 def run_sweep(options: dict, *, log=None) -> dict:
     """Run (or resume) the sweep described by validated `options` (see
-    `_config.SWEEP`) in the folder `options["out"]`; returns the summary."""
+    `config.SWEEP`) in the folder `options["out"]`; returns the summary."""
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if log is None else log
     out = options["out"]
     cells = grid(options)
@@ -335,7 +321,7 @@ def run_sweep(options: dict, *, log=None) -> dict:
         "npz": os.path.join(out, "sweep.npz"),
     }
     png = os.path.join(out, "sweep.png")
-    _plot(options, cells, final, png)
+    plot_sweep(options, cells, final, png)
     summary["png"] = png
     _write_atomic(
         os.path.join(out, "summary.json"), json.dumps(summary, indent=2).encode()
@@ -362,83 +348,3 @@ def _assemble(options: dict, cells: list, results: list) -> dict:
     for k, r in enumerate(results):
         final[f"final_{k:05d}"] = r["final"]
     return final
-
-
-def equiangular_boundary(betas, n: int, eps: float, t1: float, normalization="softmax"):
-    """For each `beta`, the first time `t <= t1` at which GLPR's equiangular
-    reference `gamma_beta(t)` (started from `rho0 = 0`) reaches `1 - eps`
-    (`nan` if it does not by `t1`)."""
-    from ._diagnostics import equiangular
-
-    ts = np.linspace(0.0, t1, 2001)
-    out = []
-    for beta in betas:
-        rho = np.asarray(
-            equiangular(ts, float(beta), n, 0.0, normalization, rtol=1e-6, atol=1e-9)
-        )
-        above = np.nonzero(rho >= 1 - eps)[0]
-        out.append(ts[above[0]] if above.size else np.nan)
-    return np.array(out)
-
-
-def _plot(options, cells, final, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ts, betas = final["ts"], np.array(options["beta"])
-    first = [
-        k
-        for k, c in enumerate(cells)
-        if (c["n"], c["d"]) == (cells[0]["n"], cells[0]["d"])
-    ]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if len(first) > 1:
-        p = final["p_close"][first]
-        dt = ts[1] - ts[0] if len(ts) > 1 else 1.0
-        db = betas[1] - betas[0] if len(betas) > 1 else 1.0
-        im = ax.imshow(
-            p,
-            origin="lower",
-            aspect="auto",
-            extent=(
-                ts[0] - dt / 2,
-                ts[-1] + dt / 2,
-                betas[0] - db / 2,
-                betas[-1] + db / 2,
-            ),
-            vmin=0,
-            vmax=1,
-            cmap="viridis",
-        )
-        fig.colorbar(im, ax=ax, label=f"P(<x1, x2> >= 1 - {options['eps']:g})")
-        if (
-            options["value"] == "identity"
-            and options["normalization"]
-            in (
-                "softmax",
-                "unnormalized",
-            )
-            and not options["causal"]
-        ):
-            fine = np.linspace(betas[0], betas[-1], 60)
-            curve = equiangular_boundary(
-                fine, cells[0]["n"], options["eps"], ts[-1], options["normalization"]
-            )
-            ax.plot(
-                curve, fine, "r-", lw=2, label="equiangular gamma_beta(t) = 1 - eps"
-            )
-            ax.legend(loc="upper right", fontsize=8)
-        ax.set_xlabel("t")
-        ax.set_ylabel("beta")
-    else:
-        for k in first:
-            ax.plot(ts, final["p_close"][k], label=f"beta = {cells[k]['beta']:g}")
-        ax.set_xlabel("t")
-        ax.set_ylabel("P(<x1, x2> >= 1 - eps)")
-        ax.legend(fontsize=8)
-    ax.set_title(f"n = {cells[0]['n']}, d = {cells[0]['d']}, {options['seeds']} seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

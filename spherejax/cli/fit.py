@@ -1,0 +1,156 @@
+"""The `fit` subcommand."""
+
+import json
+import os
+import time
+
+from .inputs import load_paths
+from .plots import plot_losses
+
+
+def fit_command(options: dict) -> dict:
+    """The `fit` subcommand on validated `options` (see `_config.FIT`).
+
+    Model: `SelfAttention(Q, K, V, beta)` on the unit sphere, `Q, K, V` of shape
+    `(d, d)` initialised at `I + 0.1 G / sqrt(d)` (Q, K) and `0.1 G / sqrt(d)` (V),
+    `G` standard normal, `beta` fixed. Quality measure, on the training and on the
+    held-out intervals: the relative velocity residual
+    `sqrt(S_track / S_kin)`, the tracking action of the fitted field over the
+    kinetic action of the data (`1` for the zero field, `0` for an exact fit up to
+    the discretisation of the observed path).
+    """
+    import jax
+
+    if options["x64"]:
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+    import optax
+
+    import spherejax as sj
+
+    o = dict(options)
+    if o["data"] is None:
+        raise ValueError("fit needs --data FILE.npz (ts and ys; e.g. simulate.npz)")
+    ts_np, ys_np = load_paths(o["data"])
+    dtype = jnp.float64 if o["x64"] else jnp.float32
+    B, T, n, d = ys_np.shape
+    held = int(np.ceil(o["holdout"] * (T - 1)))
+    if T - 1 - held < 2:
+        raise ValueError(
+            f"--holdout {o['holdout']} leaves fewer than 2 training intervals "
+            f"of {T - 1}"
+        )
+    split = T - held  # training times ts[:split], held-out times ts[split - 1:]
+    ts = jnp.asarray(ts_np, dtype)
+    ys = jnp.asarray(ys_np, dtype)
+    train = (ts[:split], ys[:, :split])
+    test = (ts[split - 1 :], ys[:, split - 1 :])
+
+    kq, kk, kv = jr.split(jr.PRNGKey(o["seed"]), 3)
+    scale = 0.1 / np.sqrt(d)
+    eye = jnp.eye(d, dtype=dtype)
+    model = sj.SelfAttention(
+        eye + scale * jr.normal(kq, (d, d), dtype),
+        eye + scale * jr.normal(kk, (d, d), dtype),
+        scale * jr.normal(kv, (d, d), dtype),
+        jnp.asarray(o["beta"], dtype),
+        normalization=o["normalization"],
+    )
+    trainable = _trainable_qkv(model)
+    if o["loss"] == "tracking":
+        loss = sj.TrackingLoss()
+    else:
+        loss = sj.ShootingLoss(rtol=o["rtol"], atol=o["rtol"] * 1e-2)
+
+    @jax.jit
+    def residual(m, data):
+        t, paths = data
+        track = jax.vmap(lambda p: sj.action(p, t, sj.Tracking(m), sj.Sphere()))(paths)
+        kin = jax.vmap(lambda p: sj.action(p, t, sj.Kinetic(), sj.Sphere()))(paths)
+        return jnp.sqrt(jnp.sum(track) / jnp.sum(kin))
+
+    optimizer = optax.lbfgs() if o["optimizer"] == "lbfgs" else optax.adam(o["lr"])
+    before = {
+        k: float(residual(model, data))
+        for k, data in (("train", train), ("heldout", test))
+    }
+    print(
+        f"spherejax fit: {B} trajectories, T={T} times ({T - split} held out), "
+        f"n={n} d={d} loss={o['loss']} optimizer={o['optimizer']} "
+        f"steps={o['steps']} dtype={jnp.dtype(dtype).name}"
+    )
+    start = time.perf_counter()
+    fitted, losses = sj.fit(
+        model,
+        loss,
+        train,
+        optimizer=optimizer,
+        steps=o["steps"],
+        progress=True,
+        filter_spec=trainable,
+    )
+    losses = np.asarray(jax.block_until_ready(losses))
+    seconds = time.perf_counter() - start
+    if not np.all(np.isfinite(losses)):
+        raise ValueError(
+            "the fit diverged (loss not finite): try --optimizer adam "
+            "with a smaller --lr"
+        )
+    after = {
+        k: float(residual(fitted, data))
+        for k, data in (("train", train), ("heldout", test))
+    }
+    print(f"{'':10} {'relative velocity residual':>28}")
+    print(f"{'':10} {'initial':>13} {'fitted':>14}")
+    for k in ("train", "heldout"):
+        print(f"{k:10} {before[k]:13.4e} {after[k]:14.4e}")
+    print(
+        f"loss {losses[0]:.4e} -> {losses[-1]:.4e}; {o['steps']} steps in "
+        f"{seconds:.2f} s ({1e3 * seconds / o['steps']:.1f} ms/step "
+        "including compilation)"
+    )
+
+    out = o["out"]
+    os.makedirs(out, exist_ok=True)
+    field_path = os.path.join(out, "field.sjx")
+    sj.save(field_path, fitted, sj.field_hyperparams(fitted))
+    png = os.path.join(out, "fit.png")
+    plot_losses(losses, o["loss"], png)
+    summary = dict(
+        command="fit",
+        data=o["data"],
+        loss=o["loss"],
+        trajectories=B,
+        times=T,
+        heldout_times=T - split,
+        n=n,
+        d=d,
+        optimizer=o["optimizer"],
+        steps=o["steps"],
+        lr=o["lr"],
+        beta=o["beta"],
+        normalization=o["normalization"],
+        seconds=seconds,
+        ms_per_step=1e3 * seconds / o["steps"],
+        loss_first=float(losses[0]),
+        loss_last=float(losses[-1]),
+        residual_initial=before,
+        residual_fitted=after,
+        field=field_path,
+        png=png,
+    )
+    with open(os.path.join(out, "fit.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"wrote {png}")
+    return summary
+
+
+def _trainable_qkv(model):
+    """Trainable leaves of a `SelfAttention`: Q, K and V (beta stays fixed)."""
+    import equinox as eqx
+    import jax
+
+    spec = jax.tree.map(lambda _: False, model)
+    return eqx.tree_at(lambda m: (m.Q, m.K, m.V), spec, (True, True, True))

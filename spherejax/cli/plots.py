@@ -1,0 +1,141 @@
+"""Figures of the subcommands (matplotlib, Agg backend)."""
+
+import numpy as np
+
+
+def plot_simulation(ts, ys, energy, d, beta, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig = plt.figure(figsize=(10, 4.5))
+    if d == 3:
+        ax = fig.add_subplot(1, 2, 1, projection="3d")
+        u, v = np.mgrid[0 : 2 * np.pi : 40j, 0 : np.pi : 20j]
+        ax.plot_wireframe(
+            np.cos(u) * np.sin(v),
+            np.sin(u) * np.sin(v),
+            np.cos(v),
+            color="0.85",
+            lw=0.4,
+        )
+        for i in range(ys.shape[1]):
+            ax.plot(*ys[:, i].T, lw=1.0)
+        ax.scatter(*ys[0].T, s=10, c="k", label="t = 0")
+        ax.scatter(*ys[-1].T, s=40, c="r", marker="*", label=f"t = {ts[-1]:g}")
+        ax.set_box_aspect((1, 1, 1))
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax = fig.add_subplot(1, 2, 1)
+        cos = np.einsum("tid,tjd->tij", ys, ys)
+        off = ~np.eye(ys.shape[1], dtype=bool)
+        ax.plot(ts, cos[:, off][:, :: max(1, off.sum() // 200)], lw=0.5, color="C0")
+        ax.set_xlabel("t")
+        ax.set_ylabel("<x_i, x_j>")
+    ax.set_title(f"tokens on S^{d - 1}, beta = {beta:g}")
+    ax2 = fig.add_subplot(1, 2, 2)
+    ax2.plot(ts, energy)
+    ax2.set_xlabel("t")
+    ax2.set_ylabel("interaction energy E_beta")
+    ax2.set_title("energy vs time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_losses(losses, name, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.semilogy(losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{name} loss")
+    ax.set_title("spherejax fit")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def equiangular_boundary(betas, n: int, eps: float, t1: float, normalization="softmax"):
+    """For each `beta`, the first time `t <= t1` at which GLPR's equiangular
+    reference `gamma_beta(t)` (started from `rho0 = 0`) reaches `1 - eps`
+    (`nan` if it does not by `t1`)."""
+    from .._diagnostics import equiangular
+
+    ts = np.linspace(0.0, t1, 2001)
+    out = []
+    for beta in betas:
+        rho = np.asarray(
+            equiangular(ts, float(beta), n, 0.0, normalization, rtol=1e-6, atol=1e-9)
+        )
+        above = np.nonzero(rho >= 1 - eps)[0]
+        out.append(ts[above[0]] if above.size else np.nan)
+    return np.array(out)
+
+
+def plot_sweep(options, cells, final, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts, betas = final["ts"], np.array(options["beta"])
+    first = [
+        k
+        for k, c in enumerate(cells)
+        if (c["n"], c["d"]) == (cells[0]["n"], cells[0]["d"])
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(first) > 1:
+        p = final["p_close"][first]
+        dt = ts[1] - ts[0] if len(ts) > 1 else 1.0
+        db = betas[1] - betas[0] if len(betas) > 1 else 1.0
+        im = ax.imshow(
+            p,
+            origin="lower",
+            aspect="auto",
+            extent=(
+                ts[0] - dt / 2,
+                ts[-1] + dt / 2,
+                betas[0] - db / 2,
+                betas[-1] + db / 2,
+            ),
+            vmin=0,
+            vmax=1,
+            cmap="viridis",
+        )
+        fig.colorbar(im, ax=ax, label=f"P(<x1, x2> >= 1 - {options['eps']:g})")
+        if (
+            options["value"] == "identity"
+            and options["normalization"]
+            in (
+                "softmax",
+                "unnormalized",
+            )
+            and not options["causal"]
+        ):
+            fine = np.linspace(betas[0], betas[-1], 60)
+            curve = equiangular_boundary(
+                fine, cells[0]["n"], options["eps"], ts[-1], options["normalization"]
+            )
+            ax.plot(
+                curve, fine, "r-", lw=2, label="equiangular gamma_beta(t) = 1 - eps"
+            )
+            ax.legend(loc="upper right", fontsize=8)
+        ax.set_xlabel("t")
+        ax.set_ylabel("beta")
+    else:
+        for k in first:
+            ax.plot(ts, final["p_close"][k], label=f"beta = {cells[k]['beta']:g}")
+        ax.set_xlabel("t")
+        ax.set_ylabel("P(<x1, x2> >= 1 - eps)")
+        ax.legend(fontsize=8)
+    ax.set_title(f"n = {cells[0]['n']}, d = {cells[0]['d']}, {options['seeds']} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
