@@ -11,7 +11,9 @@ instead of being loaded silently wrong.
 import hashlib
 import io
 import json
+import math
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,41 @@ import numpy as np
 
 MAGIC = "spherejax-model"
 FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 1 << 20  # the JSON header line
+MAX_PAYLOAD_BYTES = 1 << 34  # 16 GiB of parameters
+TMP_SUFFIX = ".tmp"
+
+
+def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is either untouched or complete.
+
+    The bytes go to a new temporary file in the same folder (`tempfile.mkstemp`:
+    an unpredictable name opened with `O_CREAT | O_EXCL`, so a planted file or
+    symlink is never followed), are flushed to disk, and the file is renamed onto
+    `path` (`os.replace`, atomic on POSIX). On any failure (disk full, `path` a
+    folder, interruption) the temporary file is removed and the error re-raised.
+    Temporary names start with `.` and end with `TMP_SUFFIX`.
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TMP_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _is_temporary(name: str) -> bool:
+    """Whether a file name is one of `_write_atomic`'s temporary files."""
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
 
 def _version() -> str:
@@ -34,7 +71,7 @@ def _version() -> str:
 def _leaf_specs(tree) -> list:
     specs = []
     for leaf in jax.tree_util.tree_leaves(tree):
-        if eqx.is_array(leaf):
+        if eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct):
             specs.append({"shape": list(leaf.shape), "dtype": str(leaf.dtype)})
         else:
             specs.append({"python": type(leaf).__name__})
@@ -97,34 +134,107 @@ def save(path: str | os.PathLike, model, hyperparams: dict | None = None) -> Non
         "payload_bytes": len(payload),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(json.dumps(header, sort_keys=True).encode() + b"\n")
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write_atomic(path, json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
+
+
+def _check_header(path: str, header: dict, payload_bytes: int | None) -> None:
+    """Types and sizes of the header's fields, before anything is allocated."""
+    kinds = {
+        "class": str,
+        "structure": str,
+        "leaves": list,
+        "hyperparams": dict,
+        "payload_bytes": int,
+        "payload_sha256": str,
+    }
+    for key, kind in kinds.items():
+        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+            raise ValueError(
+                f"{path!r} has a malformed header: `{key}` is missing or not a "
+                f"{kind.__name__}."
+            )
+    size = header["payload_bytes"]
+    if not 0 <= size <= MAX_PAYLOAD_BYTES:
+        raise ValueError(
+            f"{path!r} has a malformed header: it announces {size} bytes of "
+            f"parameters (limit {MAX_PAYLOAD_BYTES})."
+        )
+    if payload_bytes is not None and size != payload_bytes:
+        raise ValueError(
+            f"{path!r} is truncated or padded: its header announces {size} bytes of "
+            f"parameters, the file holds {payload_bytes}."
+        )
+    declared = 0
+    for k, leaf in enumerate(header["leaves"]):
+        if isinstance(leaf, dict) and "python" in leaf:
+            continue
+        nbytes = _leaf_bytes(leaf)
+        if nbytes is None:
+            raise ValueError(
+                f"{path!r} has a malformed header: leaf {k} is {leaf!r}, not a shape "
+                "and a dtype."
+            )
+        declared += nbytes
+    if declared > size:
+        raise ValueError(
+            f"{path!r} has a malformed header: its parameter shapes need {declared} "
+            f"bytes but the file holds {size}."
+        )
+
+
+def _leaf_bytes(leaf) -> int | None:
+    """Bytes of an array leaf `{"shape": [...], "dtype": "..."}`; None if malformed."""
+    if not isinstance(leaf, dict):
+        return None
+    shape = leaf.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        return None
+    if not isinstance(leaf.get("dtype"), str):
+        return None
+    try:
+        itemsize = np.dtype(leaf["dtype"]).itemsize
+    except TypeError:
+        return None
+    return math.prod(shape) * itemsize
 
 
 def _read(path) -> tuple[dict, bytes]:
+    """Header and payload, with every read bounded by a declared, checked size."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            first = f.readline(1 << 20)
-            payload = f.read()
+            first = f.readline(MAX_HEADER_BYTES + 1)
+            header = _parse_header(path, first)
+            _check_header(path, header, None)
+            stat = os.fstat(f.fileno())
+            if os.path.isfile(path):  # a regular file: its size is known
+                _check_header(path, header, stat.st_size - len(first))
+            payload = f.read(header["payload_bytes"] + 1)
     except FileNotFoundError:
         raise ValueError(f"no such file: {path!r}.") from None
     except IsADirectoryError:
         raise ValueError(
             f"{path!r} is a directory, not a spherejax model file."
         ) from None
-    try:
-        header = json.loads(first)
-        ok = isinstance(header, dict) and header.get("format") == MAGIC
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        ok = False
-    if not ok:
+    _check_header(path, header, len(payload))
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+        raise ValueError(
+            f"{path!r} is corrupted: the parameters' checksum does not match."
+        )
+    return header, payload
+
+
+def _parse_header(path: str, first: bytes) -> dict:
+    if len(first) > MAX_HEADER_BYTES or not first.endswith(b"\n"):
+        header = None
+    else:
+        try:
+            header = json.loads(first)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if not isinstance(header, dict) or header.get("format") != MAGIC:
         raise ValueError(
             f"{path!r} is not a spherejax model file (no spherejax header; was it "
             "written by `spherejax.save`?)."
@@ -134,16 +244,7 @@ def _read(path) -> tuple[dict, bytes]:
             f"{path!r} has format version {header.get('format_version')}; this "
             f"spherejax ({_version()}) reads version {FORMAT_VERSION}."
         )
-    if len(payload) != header["payload_bytes"]:
-        raise ValueError(
-            f"{path!r} is truncated or padded: its header announces "
-            f"{header['payload_bytes']} bytes of parameters, the file holds {len(payload)}."
-        )
-    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-        raise ValueError(
-            f"{path!r} is corrupted: the parameters' checksum does not match."
-        )
-    return header, payload
+    return header
 
 
 def load_header(path: str | os.PathLike) -> dict:
@@ -171,12 +272,31 @@ def load(path: str | os.PathLike, like: Any | Callable[[dict], Any]):
     (static options such as `normalization`) or parameter shapes than `like`.
     """
     header, payload = _read(path)
-    if callable(like) and not isinstance(like, eqx.Module):
-        like = like(dict(header["hyperparams"]))
     path = os.fspath(path)
+    if callable(like) and not isinstance(like, eqx.Module):
+        build = like
+        # shapes first (nothing allocated), checked against the file's leaves
+        _check_like(
+            path, header, eqx.filter_eval_shape(build, dict(header["hyperparams"]))
+        )
+        like = build(dict(header["hyperparams"]))
+    _check_like(path, header, like)
+
+    def read_leaf(f, x):  # cast to the skeleton's dtype (float64 file, float32 run)
+        if isinstance(x, jax.Array):
+            return jnp.asarray(np.load(f)).astype(x.dtype)
+        return eqx.default_deserialise_filter_spec(f, x)
+
+    return eqx.tree_deserialise_leaves(io.BytesIO(payload), like, filter_spec=read_leaf)
+
+
+def _check_like(path: str, header: dict, like) -> None:
+    """`like` (a module or its shapes) matches the saved class, structure and
+    leaves."""
     if type(like).__name__ != header["class"]:
         raise ValueError(
-            f"{path!r} holds a `{header['class']}`; `like` is a `{type(like).__name__}`."
+            f"{path!r} holds a `{header['class']}`; `like` is a "
+            f"`{type(like).__name__}`."
         )
     if _structure(like) != header["structure"]:
         raise ValueError(
@@ -193,13 +313,6 @@ def load(path: str | os.PathLike, like: Any | Callable[[dict], Any]):
                 f"{path!r}: parameter {k} has shape {s.get('shape', s.get('python'))}; "
                 f"`like` expects {w.get('shape', w.get('python'))}."
             )
-
-    def read_leaf(f, x):  # cast to the skeleton's dtype (float64 file, float32 run)
-        if isinstance(x, jax.Array):
-            return jnp.asarray(np.load(f)).astype(x.dtype)
-        return eqx.default_deserialise_filter_spec(f, x)
-
-    return eqx.tree_deserialise_leaves(io.BytesIO(payload), like, filter_spec=read_leaf)
 
 
 def field_hyperparams(field) -> dict:
@@ -233,8 +346,10 @@ def field_from_hyperparams(hp: dict):
     from ._field import SelfAttention
     from ._manifold import Sphere
 
-    if hp.get("class") != "SelfAttention":
-        raise ValueError(f"cannot rebuild a field of class {hp.get('class')!r}.")
+    if not isinstance(hp, dict) or hp.get("class") != "SelfAttention":
+        got = hp.get("class") if isinstance(hp, dict) else hp
+        raise ValueError(f"cannot rebuild a field of class {got!r}.")
+    _check_field_hyperparams(hp)
     h, k, d = hp["heads"], hp["k"], hp["d"]
     qk = np.zeros((h, k, d)) if h > 1 else np.zeros((k, d))
     v = np.zeros((h, d, d)) if h > 1 else np.zeros((d, d))
@@ -251,3 +366,39 @@ def field_from_hyperparams(hp: dict):
         chunk_size=hp["chunk_size"],
         sinkhorn_iters=hp["sinkhorn_iters"],
     )
+
+
+def _check_field_hyperparams(hp: dict) -> None:
+    """Every key of `field_hyperparams` present, of the right type and in range."""
+
+    def count(v, optional=False):
+        if optional and v is None:
+            return True
+        return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 24
+
+    checks = {
+        "heads": (count, "a positive integer"),
+        "k": (count, "a positive integer"),
+        "d": (count, "a positive integer"),
+        "normalization": (lambda v: isinstance(v, str), "a string"),
+        "causal": (lambda v: isinstance(v, bool), "true or false"),
+        "weights": (lambda v: count(v, True), "null or a positive integer"),
+        "radius": (
+            lambda v: (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v > 0
+            ),
+            "a positive number",
+        ),
+        "chunk_size": (lambda v: count(v, True), "null or a positive integer"),
+        "sinkhorn_iters": (count, "a positive integer"),
+    }
+    for key, (ok, what) in checks.items():
+        if key not in hp:
+            raise ValueError(f"the field's hyperparameters lack the key {key!r}.")
+        if not ok(hp[key]):
+            raise ValueError(
+                f"the field's hyperparameter {key!r} must be {what}; got {hp[key]!r}."
+            )
