@@ -30,30 +30,51 @@ MAX_PAYLOAD_BYTES = 1 << 34  # 16 GiB of parameters
 TMP_SUFFIX = ".tmp"
 
 
-def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either untouched or complete.
+def _write_temporary(path: str | os.PathLike, data: bytes) -> str:
+    """Write `data` to a new temporary file next to `path`; returns its name.
 
-    The bytes go to a new temporary file in the same folder (`tempfile.mkstemp`:
-    an unpredictable name opened with `O_CREAT | O_EXCL`, so a planted file or
-    symlink is never followed), are flushed to disk, and the file is renamed onto
-    `path` (`os.replace`, atomic on POSIX). On any failure (disk full, `path` a
-    folder, interruption) the temporary file is removed and the error re-raised.
-    Temporary names start with `.` and end with `TMP_SUFFIX`.
+    `tempfile.mkstemp` gives an unpredictable name opened with
+    `O_CREAT | O_EXCL` (a planted file or symlink is never followed). The bytes are
+    flushed to disk; on any failure (disk full, interruption) the temporary file is
+    removed and the error re-raised. Names start with `.` and end with
+    `TMP_SUFFIX`.
     """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TMP_SUFFIX, dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() gives
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return tmp
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is either untouched or complete: a
+    temporary file (`_write_temporary`) renamed onto `path` with `os.replace`
+    (atomic on POSIX), removed if the rename fails (e.g. `path` is a folder)."""
+    tmp = _write_temporary(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        _remove_quietly(tmp)
         raise
 
 
@@ -97,17 +118,8 @@ def _check_json(name: str, value) -> None:
         )
 
 
-def save(path: str | os.PathLike, model, hyperparams: dict | None = None) -> None:
-    """Write `model` (any equinox module / pytree of arrays) to `path`.
-
-    **Arguments:**
-
-    - `path`: the file to write. It is written to a temporary file next to it and
-      moved into place, so an interrupted save never leaves a half-written file.
-    - `model`: the module to save (e.g. a `SelfAttention` field or a fitted model).
-    - `hyperparams`: a JSON-serialisable dict of whatever is needed to rebuild a
-      skeleton of `model` (see `load`); stored in the header.
-    """
+def _model_bytes(model, hyperparams: dict | None) -> bytes:
+    """The bytes `save` writes: the JSON header line and the serialised leaves."""
     hyperparams = {} if hyperparams is None else hyperparams
     if not isinstance(hyperparams, dict):
         raise ValueError(
@@ -134,7 +146,21 @@ def save(path: str | os.PathLike, model, hyperparams: dict | None = None) -> Non
         "payload_bytes": len(payload),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
-    _write_atomic(path, json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
+    return json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+
+
+def save(path: str | os.PathLike, model, hyperparams: dict | None = None) -> None:
+    """Write `model` (any equinox module / pytree of arrays) to `path`.
+
+    **Arguments:**
+
+    - `path`: the file to write. It is written to a temporary file next to it and
+      moved into place, so an interrupted save never leaves a half-written file.
+    - `model`: the module to save (e.g. a `SelfAttention` field or a fitted model).
+    - `hyperparams`: a JSON-serialisable dict of whatever is needed to rebuild a
+      skeleton of `model` (see `load`); stored in the header.
+    """
+    _write_atomic(path, _model_bytes(model, hyperparams))
 
 
 def _check_header(path: str, header: dict, payload_bytes: int | None) -> None:

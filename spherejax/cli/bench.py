@@ -1,8 +1,8 @@
 """The `bench` subcommand."""
 
-import json
-import os
 import time
+
+from .output import Outputs, json_bytes
 
 
 def bench(options: dict) -> list:
@@ -46,11 +46,14 @@ def bench(options: dict) -> list:
         floor = jax.jit(lambda y: jnp.exp(y @ y.T) @ y)
         field_ms, floor_ms = best_ms(f, x), best_ms(floor, x)
         t1, dt0 = jnp.asarray(1.0, dtype), jnp.asarray(0.05, dtype)
-        g = jax.jit(
-            lambda y: sj.solve(field, y, t1, dt0=dt0, solver=sj.Retract(sj.RK4())).ys[
-                -1
-            ]
-        )
+        solver = sj.Retract(solver=sj.RK4())
+
+        def last(y, field=field):
+            ys = sj.solve(field, y, t1, dt0=dt0, solver=solver).ys
+            assert ys is not None
+            return ys[-1]
+
+        g = jax.jit(last)
         tic = time.perf_counter()
         jax.block_until_ready(g(x))
         compile_s = time.perf_counter() - tic
@@ -71,17 +74,14 @@ def bench(options: dict) -> list:
             f"{compile_s:10.2f} {solve_ms:10.2f}"
         )
     if out is not None:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "bench.json"), "w") as fh:
-            json.dump(
-                dict(
-                    command="bench",
-                    jax=jax.__version__,
-                    device=str(jax.devices()[0]),
-                    rows=rows,
-                ),
-                fh,
-                indent=2,
-            )
-        print(f"wrote {os.path.join(out, 'bench.json')}")
+        outputs = Outputs(out)
+        report = dict(
+            command="bench",
+            jax=jax.__version__,
+            device=str(jax.devices()[0]),
+            rows=rows,
+        )
+        path = outputs.stage("bench.json", json_bytes(report))
+        outputs.commit()
+        print(f"wrote {path}")
     return rows

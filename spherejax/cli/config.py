@@ -5,13 +5,26 @@ from a TOML file (a typed value), so both give the same one-line errors. Order o
 precedence: built-in defaults < the config file's table < flags on the command line.
 """
 
+import importlib
 import math
 import os
 import tomllib
 
+from .._attention import NORMALIZATIONS
 
-SOLVERS = ("tsit5", "dopri5", "dopri8", "rk4", "heun", "euler")
-NORMALIZATIONS = ("softmax", "unnormalized", "sinkhorn", "hardmax")
+
+# inner solver of `Retract`: name -> (module, class)
+SOLVER_CLASSES = {
+    "tsit5": ("diffrax", "Tsit5"),
+    "dopri5": ("diffrax", "Dopri5"),
+    "dopri8": ("diffrax", "Dopri8"),
+    "rk4": ("spherejax", "RK4"),
+    "heun": ("diffrax", "Heun"),
+    "euler": ("diffrax", "Euler"),
+}
+SOLVERS = tuple(SOLVER_CLASSES)
+MAX_CONFIG_BYTES = 1 << 20
+SEED_MAX = 2**32 - 1
 VALUES = ("identity", "minus-identity")
 
 
@@ -37,6 +50,15 @@ def integer(label, value) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ValueError(f"{label} must be an integer; got {value!r}") from None
+
+
+def seed(label, value) -> int:
+    """A random seed: an integer in `[0, 2**32 - 1]` (what `jax.random.PRNGKey`
+    holds without truncation)."""
+    value = integer(label, value)
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{label} must be in [0, {SEED_MAX}]; got {value}")
+    return value
 
 
 def finite_float(label, value, positive=False, below=None) -> float:
@@ -117,7 +139,7 @@ COMMON = {
     "rtol": (lambda l, v: finite_float(l, v, positive=True), 1e-6),
     "dt0": (optional(lambda l, v: finite_float(l, v, positive=True)), None),
     "saves": (positive_int, 201),
-    "seed": (integer, 0),
+    "seed": (seed, 0),
     "causal": (boolean, False),
     "x64": (boolean, False),
     "out": (text, "out"),
@@ -151,7 +173,7 @@ FIT = {
     "normalization": (choice(NORMALIZATIONS), "softmax"),
     "holdout": (lambda l, v: finite_float(l, v, positive=True, below=1.0), 0.25),
     "rtol": (lambda l, v: finite_float(l, v, positive=True), 1e-6),
-    "seed": (integer, 0),
+    "seed": (seed, 0),
     "x64": (boolean, False),
     "out": (text, "fit_out"),
 }
@@ -169,11 +191,19 @@ def read_config(path: str, section: str) -> dict:
     """The `[section]` table of a TOML file, validated (a missing table is empty)."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"config {path} is larger than {MAX_CONFIG_BYTES} bytes; is it a "
+                "config file?"
+            )
+        data = tomllib.loads(raw.decode())
     except FileNotFoundError:
         raise ValueError(f"config file not found: {path}") from None
     except IsADirectoryError:
         raise ValueError(f"config path is a directory: {path}") from None
+    except PermissionError:
+        raise ValueError(f"config {path} is not readable (permission denied)") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config {path} is not valid TOML: {e}") from None
     except UnicodeDecodeError:
@@ -207,10 +237,23 @@ def merge(section: str, config_path: str | None, flags: dict) -> dict:
     if config_path is not None:
         options.update(read_config(config_path, section))
     options.update(flags)
-    out = options["out"]
-    if out is not None and os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} exists and is not a directory")
+    check_out(options["out"])
     return options
+
+
+def check_out(out: str | None) -> None:
+    """`--out` is a folder or can be created: no part of it is a file."""
+    if out is None:
+        return
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.isdir(parent):
+        if os.path.lexists(parent):
+            raise ValueError(
+                f"--out {out}: {parent} is not a directory; choose another --out"
+            )
+        parent = os.path.dirname(parent)
 
 
 def flag_type(section: str, name: str):
@@ -230,16 +273,7 @@ def flag_type(section: str, name: str):
 
 def build_solver(name: str):
     """`Retract` around the diffrax solver called `name` (see `SOLVERS`)."""
-    import diffrax
+    from .._solver import Retract
 
-    from .._solver import RK4, Retract
-
-    inner = {
-        "tsit5": diffrax.Tsit5,
-        "dopri5": diffrax.Dopri5,
-        "dopri8": diffrax.Dopri8,
-        "rk4": RK4,
-        "heun": diffrax.Heun,
-        "euler": diffrax.Euler,
-    }[name]()
-    return Retract(inner)
+    module, cls = SOLVER_CLASSES[name]
+    return Retract(solver=getattr(importlib.import_module(module), cls)())

@@ -1,15 +1,16 @@
 """The `fit` subcommand."""
 
-import json
-import os
 import time
 
+from .._io import _model_bytes
+from .errors import SolverFailure
 from .inputs import load_paths
+from .output import Outputs, json_bytes, png_bytes
 from .plots import plot_losses
 
 
 def fit_command(options: dict) -> dict:
-    """The `fit` subcommand on validated `options` (see `_config.FIT`).
+    """The `fit` subcommand on validated `options` (see `config.FIT`).
 
     Model: `SelfAttention(Q, K, V, beta)` on the unit sphere, `Q, K, V` of shape
     `(d, d)` initialised at `I + 0.1 G / sqrt(d)` (Q, K) and `0.1 G / sqrt(d)` (V),
@@ -94,7 +95,7 @@ def fit_command(options: dict) -> dict:
     losses = np.asarray(jax.block_until_ready(losses))
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(losses)):
-        raise ValueError(
+        raise SolverFailure(
             "the fit diverged (loss not finite): try --optimizer adam "
             "with a smaller --lr"
         )
@@ -112,12 +113,11 @@ def fit_command(options: dict) -> dict:
         "including compilation)"
     )
 
-    out = o["out"]
-    os.makedirs(out, exist_ok=True)
-    field_path = os.path.join(out, "field.sjx")
-    sj.save(field_path, fitted, sj.field_hyperparams(fitted))
-    png = os.path.join(out, "fit.png")
-    plot_losses(losses, o["loss"], png)
+    out = Outputs(o["out"])
+    field_path = out.stage(
+        "field.sjx", _model_bytes(fitted, sj.field_hyperparams(fitted))
+    )
+    png = out.stage("fit.png", png_bytes(plot_losses(losses, o["loss"]), 110))
     summary = dict(
         command="fit",
         data=o["data"],
@@ -141,8 +141,8 @@ def fit_command(options: dict) -> dict:
         field=field_path,
         png=png,
     )
-    with open(os.path.join(out, "fit.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    out.stage("fit.json", json_bytes(summary))
+    out.commit()
     print(f"wrote {png}")
     return summary
 

@@ -3,7 +3,15 @@
 import numpy as np
 
 
-def plot_simulation(ts, ys, energy, d, beta, path):
+def _spread(count: int, most: int) -> np.ndarray:
+    """At most `most` indices spread evenly over `range(count)`."""
+    if count <= most:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, most).round().astype(int))
+
+
+def plot_simulation(ts, ys, energy, d, beta, max_curves: int = 200):
+    """Trajectories (at most `max_curves` tokens or pairs) and energy vs time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +29,7 @@ def plot_simulation(ts, ys, energy, d, beta, path):
             color="0.85",
             lw=0.4,
         )
-        for i in range(ys.shape[1]):
+        for i in _spread(ys.shape[1], max_curves):
             ax.plot(*ys[:, i].T, lw=1.0)
         ax.scatter(*ys[0].T, s=10, c="k", label="t = 0")
         ax.scatter(*ys[-1].T, s=40, c="r", marker="*", label=f"t = {ts[-1]:g}")
@@ -29,9 +37,14 @@ def plot_simulation(ts, ys, energy, d, beta, path):
         ax.legend(loc="upper left", fontsize=8)
     else:
         ax = fig.add_subplot(1, 2, 1)
-        cos = np.einsum("tid,tjd->tij", ys, ys)
-        off = ~np.eye(ys.shape[1], dtype=bool)
-        ax.plot(ts, cos[:, off][:, :: max(1, off.sum() // 200)], lw=0.5, color="C0")
+        n = ys.shape[1]
+        if n > 1:
+            pairs = _spread(n * (n - 1), max_curves)  # off-diagonal (i, j)
+            i = pairs // (n - 1)
+            j = pairs % (n - 1)
+            j = j + (j >= i)
+            cos = np.einsum("tkd,tkd->tk", ys[:, i], ys[:, j])
+            ax.plot(ts, cos, lw=0.5, color="C0")
         ax.set_xlabel("t")
         ax.set_ylabel("<x_i, x_j>")
     ax.set_title(f"tokens on S^{d - 1}, beta = {beta:g}")
@@ -41,11 +54,10 @@ def plot_simulation(ts, ys, energy, d, beta, path):
     ax2.set_ylabel("interaction energy E_beta")
     ax2.set_title("energy vs time")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_losses(losses, name, path):
+def plot_losses(losses, name):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,28 +69,29 @@ def plot_losses(losses, name, path):
     ax.set_ylabel(f"{name} loss")
     ax.set_title("spherejax fit")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def equiangular_boundary(betas, n: int, eps: float, t1: float, normalization="softmax"):
-    """For each `beta`, the first time `t <= t1` at which GLPR's equiangular
-    reference `gamma_beta(t)` (started from `rho0 = 0`) reaches `1 - eps`
-    (`nan` if it does not by `t1`)."""
+    """For each `beta`, the first time `t <= t1` (on a grid of 2001 times) at which
+    GLPR's equiangular reference `gamma_beta(t)` (`spherejax.equiangular`, started
+    from `rho0 = 0`) reaches `1 - eps` (`nan` if it does not by `t1`). One
+    vmapped, jitted solve for all betas."""
+    import jax
+
     from .._diagnostics import equiangular
 
     ts = np.linspace(0.0, t1, 2001)
-    out = []
-    for beta in betas:
-        rho = np.asarray(
-            equiangular(ts, float(beta), n, 0.0, normalization, rtol=1e-6, atol=1e-9)
-        )
-        above = np.nonzero(rho >= 1 - eps)[0]
-        out.append(ts[above[0]] if above.size else np.nan)
-    return np.array(out)
+
+    def one(beta):
+        return equiangular(ts, beta, n, 0.0, normalization, rtol=1e-6, atol=1e-9)
+
+    rho = np.asarray(jax.jit(jax.vmap(one))(np.asarray(betas, dtype=float)))
+    above = rho >= 1 - eps
+    return np.where(above.any(axis=1), ts[np.argmax(above, axis=1)], np.nan)
 
 
-def plot_sweep(options, cells, final, path):
+def plot_sweep(options, cells, final):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,5 +150,4 @@ def plot_sweep(options, cells, final, path):
         ax.legend(fontsize=8)
     ax.set_title(f"n = {cells[0]['n']}, d = {cells[0]['d']}, {options['seeds']} seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

@@ -1,38 +1,39 @@
 """The `simulate` subcommand."""
 
-import json
-import os
 import time
+from collections.abc import Set as AbstractSet
 
+from .._io import _model_bytes
+from .errors import SolverFailure
 from .inputs import load_x0
+from .output import Outputs, json_bytes, npz_bytes, png_bytes
 from .plots import plot_simulation
+from .preflight import (
+    MAX_STEPS,
+    check_memory,
+    check_solve,
+    energy_batch,
+    estimate_bytes,
+)
 
 
-def simulate(options: dict, explicit: set = frozenset()) -> dict:
-    """The `simulate` subcommand on validated `options` (see `_config.SIMULATE`)."""
-    import jax
-
-    if options["x64"]:
-        jax.config.update("jax_enable_x64", True)
+def _setup(o: dict, explicit, dtype):
+    """The field and the initial tokens (options `o` completed in place)."""
     import jax.numpy as jnp
     import jax.random as jr
     import numpy as np
 
     import spherejax as sj
 
-    from .config import build_solver
-
-    o = dict(options)
-    if o["solver"] == "euler" and o["dt0"] is None:
-        raise ValueError("--solver euler has no error estimate: give --dt0")
-    dtype = jnp.float64 if o["x64"] else jnp.float32
-    manifold = sj.Sphere()
-
+    field = None
     if o["field"] is not None:
         clash = sorted(explicit & {"beta", "normalization", "value", "causal"})
         if clash:
             raise ValueError(f"--field sets the field: do not also give --{clash[0]}")
-        field = sj.load(o["field"], like=sj.field_from_hyperparams)
+        try:
+            field = sj.load(o["field"], like=sj.field_from_hyperparams)
+        except ValueError as e:
+            raise ValueError(f"--field {o['field']}: {e}") from None
         o["beta"] = float(field.beta)
         o["normalization"], o["causal"] = field.normalization, field.causal
         o["value"] = "saved"
@@ -55,17 +56,65 @@ def simulate(options: dict, explicit: set = frozenset()) -> dict:
             )
         x0 = jnp.asarray(x0, dtype)
     else:
-        x0 = manifold.random(jr.PRNGKey(o["seed"]), (o["n"], o["d"]), dtype)
-    if o["field"] is None:
+        x0 = sj.Sphere().random(jr.PRNGKey(o["seed"]), (o["n"], o["d"]), dtype)
+    if field is None:
         eye = jnp.eye(o["d"])
         V = eye if o["value"] == "identity" else -eye
         field = sj.SelfAttention(
             eye, eye, V, o["beta"], normalization=o["normalization"], causal=o["causal"]
         )
+    return field, x0
+
+
+def _energies(ys, beta, itemsize):
+    """Interaction energy of every saved state, a few states at a time (each
+    needs `n x n` memory)."""
+    import jax
+    import numpy as np
+
+    import spherejax as sj
+
+    batch = energy_batch(ys.shape[1], itemsize)
+    f = jax.jit(
+        lambda y: jax.lax.map(
+            lambda x: sj.interaction_energy(x, beta), y, batch_size=batch
+        )
+    )
+    return np.asarray(f(ys))
+
+
+def simulate(options: dict, explicit: AbstractSet[str] = frozenset()) -> dict:
+    """The `simulate` subcommand on validated `options` (see `config.SIMULATE`)."""
+    import jax
+
+    if options["x64"]:
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+
+    import spherejax as sj
+
+    from .config import build_solver
+
+    o = dict(options)
+    dtype = jnp.float64 if o["x64"] else jnp.float32
+    info = jnp.finfo(dtype)
+    field, x0 = _setup(o, explicit, dtype)
     n, d, beta = o["n"], o["d"], o["beta"]
+    check_solve(o, float(info.eps), n, default_field=o["field"] is None)
+    check_memory(
+        estimate_bytes(n, d, o["saves"], info.bits // 8),
+        f"simulate --n {n} --d {d} --saves {o['saves']} ({info.dtype.name})",
+        "lower --n or --saves" + (" or drop --x64" if o["x64"] else ""),
+    )
+    if not bool(jnp.all(jnp.isfinite(field(0.0, x0)))):
+        raise SolverFailure(
+            "the field is not finite at the initial tokens (overflow): use a smaller "
+            "beta" + ("" if o["x64"] else " or --x64")
+        )
     ts = jnp.linspace(0.0, o["t1"], o["saves"], dtype=dtype)
     start = time.perf_counter()
-    sol = sj.solve(  # raises ValueError for tokens off the sphere or of the wrong d
+    sol = sj.solve(
         field,
         x0,
         o["t1"],
@@ -74,20 +123,23 @@ def simulate(options: dict, explicit: set = frozenset()) -> dict:
         rtol=o["rtol"],
         atol=o["rtol"] * 1e-2,
         dt0=o["dt0"],
-        max_steps=1_000_000,
+        max_steps=MAX_STEPS,
         progress=o["progress"],
     )
     ys = jax.block_until_ready(sol.ys)
     seconds = time.perf_counter() - start
     if not bool(jnp.all(jnp.isfinite(ys))):
-        raise ValueError("the solution is not finite (try a smaller --dt0 or --rtol)")
-    energy = np.asarray(jax.vmap(lambda y: sj.interaction_energy(y, beta))(ys))
+        raise SolverFailure(
+            "the solution is not finite (overflow or NaN during the solve): use a "
+            "smaller --dt0 or --rtol, a smaller --beta, or --x64"
+        )
+    energy = _energies(ys, beta, info.bits // 8)
     ts_np, ys_np = np.asarray(ts), np.asarray(ys)
 
     print(
         f"spherejax simulate: n={n} d={d} beta={beta} "
         f"normalization={o['normalization']} value={o['value']} solver={o['solver']} "
-        f"dtype={jnp.dtype(dtype).name} device={jax.devices()[0].platform}"
+        f"dtype={info.dtype.name} device={jax.devices()[0].platform}"
     )
     print(f"{'t':>8} {'energy':>12} {'clusters':>8} {'mean cos':>9} {'violation':>10}")
     rows = []
@@ -98,7 +150,7 @@ def simulate(options: dict, explicit: set = frozenset()) -> dict:
             energy=float(energy[k]),
             clusters=sj.cluster_count(ys_np[k], tol=1e-3),
             mean_cos=float(cos[~np.eye(n, dtype=bool)].mean()) if n > 1 else 1.0,
-            violation=float(manifold.violation(ys_np[k])),
+            violation=float(sj.Sphere().violation(ys_np[k])),
         )
         rows.append(row)
         print(
@@ -108,13 +160,12 @@ def simulate(options: dict, explicit: set = frozenset()) -> dict:
     steps = int(sol.stats["num_steps"])
     print(f"{steps} steps in {seconds:.2f} s (including compilation)")
 
-    out = o["out"]
-    os.makedirs(out, exist_ok=True)
-    png = os.path.join(out, "simulate.png")
-    plot_simulation(ts_np, ys_np, energy, d, beta, png)
-    np.savez(os.path.join(out, "simulate.npz"), ts=ts_np, ys=ys_np, energy=energy)
-    field_path = os.path.join(out, "field.sjx")
-    sj.save(field_path, field, sj.field_hyperparams(field))
+    out = Outputs(o["out"])
+    figure = plot_simulation(ts_np, ys_np, energy, d, beta)
+    png = out.stage("simulate.png", png_bytes(figure, 110))
+    out.stage("simulate.npz", npz_bytes(ts=ts_np, ys=ys_np, energy=energy))
+    field_path = out.path("field.sjx")
+    out.stage("field.sjx", _model_bytes(field, sj.field_hyperparams(field)))
     summary = dict(
         command="simulate",
         n=n,
@@ -130,7 +181,7 @@ def simulate(options: dict, explicit: set = frozenset()) -> dict:
         png=png,
         field=field_path,
     )
-    with open(os.path.join(out, "simulate.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    out.stage("simulate.json", json_bytes(summary))
+    out.commit()
     print(f"wrote {png}")
     return summary

@@ -1,4 +1,4 @@
-r"""Resumable parameter sweeps: a grid of `(n, d, beta)` x random seeds.
+r"""The `sweep` subcommand: a resumable grid of `(n, d, beta)` x random seeds.
 
 Layout of an output folder:
 
@@ -10,10 +10,15 @@ Layout of an output folder:
 - `sweep.npz`: the final result, assembled from the cells in grid order with fixed
   zip timestamps, so an interrupted-and-resumed sweep writes the same bytes as an
   uninterrupted one. `summary.json` and `sweep.png` accompany it.
+- `.sweep.lock`: locked (`fcntl.flock`) while a sweep runs in the folder; a
+  second sweep on the same folder is refused. The kernel releases the lock when
+  the process ends, even on SIGKILL.
 
-Rerunning the same command skips finished cells. A folder holding another sweep, a
-corrupted cell or a cell from another sweep raises a `ValueError` (never silent
-reuse).
+A sweep killed at any instant resumes: rerunning the same command skips finished
+cells, removes leftover temporary files, and accepts a folder left before the
+manifest was written (empty, or holding only the lock, an empty `cells/` and
+temporary files). A folder holding anything else, another sweep, a corrupted cell
+or a cell from another sweep is refused (never silent reuse).
 
 Each cell simulates `seeds` random initial configurations (uniform on
 $S^{d-1}$; the same seeds in every cell) of self-attention with `Q = K = I`,
@@ -22,199 +27,48 @@ $\langle x_1(t), x_2(t)\rangle$ and the energy, then the cluster count at `t1`. 
 phase diagram of GLPR Fig. 3 is `P(<x_1, x_2> >= 1 - eps)` over `(t, beta)`.
 """
 
-import hashlib
-import io
+import contextlib
+import fcntl
 import json
 import os
 import sys
 import time
-import zipfile
 
 import numpy as np
 
-from .config import build_solver
+from .._io import _is_temporary
+from .cells import (
+    FORMAT,
+    FORMAT_VERSION,
+    Simulator,
+    assemble,
+    cell_path,
+    grid,
+    npz_bytes,
+    read_cell,
+    sweep_hash,
+)
+from .output import json_bytes, png_bytes, write_atomic
 from .plots import plot_sweep
+from .preflight import check_memory, check_solve, estimate_bytes
 
 
-FORMAT = "spherejax-sweep"
-FORMAT_VERSION = 1
 AXES = ("n", "d", "beta")
-TMP = ".tmp-"
+LOCK = ".sweep.lock"
 
 
-def grid(options: dict) -> list[dict]:
-    """The cells: the Cartesian product of the `n`, `d`, `beta` lists (beta fastest)."""
-    return [
-        {"n": n, "d": d, "beta": beta}
-        for n in options["n"]
-        for d in options["d"]
-        for beta in options["beta"]
-    ]
-
-
-def sweep_hash(options: dict) -> str:
-    """Hash of everything that determines the results (not the output folder)."""
-    content = {k: v for k, v in options.items() if k != "out"}
-    text = json.dumps(
-        {"format": FORMAT, "version": FORMAT_VERSION, "options": content},
-        sort_keys=True,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}{TMP}{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _npz_bytes(arrays: dict) -> bytes:
-    """A `.npz` (zip of `.npy`) with fixed timestamps and order: same arrays, same
-    bytes."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            array_buffer = io.BytesIO()
-            array = np.asarray(arrays[name])
-            if not array.flags.c_contiguous:
-                array = array.copy(order="C")
-            np.lib.format.write_array(array_buffer, array, allow_pickle=False)
-            zf.writestr(info, array_buffer.getvalue())
-    return buffer.getvalue()
-
-
-def _cell_path(out: str, k: int) -> str:
-    return os.path.join(out, "cells", f"cell-{k:05d}.npz")
-
-
-def _expected_shapes(options: dict, cell: dict) -> dict:
-    s, t = options["seeds"], options["saves"]
-    return {
-        "cos12": (s, t),
-        "energy": (s, t),
-        "clusters": (s,),
-        "final": (s, cell["n"], cell["d"]),
-        "ts": (t,),
-    }
-
-
-def _read_cell(path: str, k: int, h: str, options: dict, cell: dict) -> dict:
-    """Load and check a finished cell; a corrupted or foreign file is an error."""
-    remedy = "delete it (or the whole folder) to recompute"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        header = json.loads(str(arrays.pop("header")))
-    except Exception as e:  # zip, npy or JSON damage: all mean "corrupted"
-        raise ValueError(
-            f"result file {path} is corrupted ({type(e).__name__}: {e}); {remedy}."
-        ) from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"result file {path} is not a spherejax sweep cell; {remedy}.")
-    if (
-        header.get("sweep_hash") != h
-        or header.get("cell") != k
-        or header.get("params") != cell
-    ):
-        raise ValueError(
-            f"result file {path} belongs to another sweep or cell (hash "
-            f"{str(header.get('sweep_hash'))[:12]}, cell {header.get('cell')}; this "
-            f"sweep is {h[:12]}, cell {k}); {remedy}."
-        )
-    for name, shape in _expected_shapes(options, cell).items():
-        if name not in arrays or arrays[name].shape != shape:
-            raise ValueError(
-                f"result file {path} is corrupted (array {name!r} missing or of the "
-                f"wrong shape); {remedy}."
-            )
-    return arrays
-
-
-class _Simulator:
-    """Compiles one vmapped solve per `(n, d)`; `beta` is traced (no recompiles)."""
-
-    def __init__(self, options: dict):
-        self.options = options
-        self.compiled = {}
-
-    def _build(self, n: int, d: int):
-        import equinox as eqx
-        import jax
-        import jax.numpy as jnp
-
-        from .._energy import interaction_energy
-        from .._field import SelfAttention
-        from .._integrate import solve
-
-        o = self.options
-        solver = build_solver(o["solver"])
-        sign = 1.0 if o["value"] == "identity" else -1.0
-
-        @eqx.filter_jit
-        def run(beta, x0s, ts):
-            eye = jnp.eye(d, dtype=x0s.dtype)
-            field = SelfAttention(
-                eye,
-                eye,
-                sign * eye,
-                beta,
-                normalization=o["normalization"],
-                causal=o["causal"],
-            )
-
-            def one(x0):
-                ys = solve(
-                    field,
-                    x0,
-                    ts[-1],
-                    ts=ts,
-                    solver=solver,
-                    rtol=o["rtol"],
-                    atol=o["rtol"] * 1e-2,
-                    dt0=o["dt0"],
-                    max_steps=1_000_000,
-                ).ys
-                energy = jax.vmap(lambda y: interaction_energy(y, beta))(ys)
-                cos12 = jnp.sum(ys[:, 0] * ys[:, 1], axis=-1)
-                return cos12, energy, ys[-1]
-
-            return jax.vmap(one)(x0s)
-
-        return run
-
-    def __call__(self, cell: dict) -> dict:
-        import jax
-        import jax.numpy as jnp
-        import jax.random as jr
-
-        from .._diagnostics import cluster_count
-        from .._manifold import Sphere
-
-        o = self.options
-        n, d, beta = cell["n"], cell["d"], cell["beta"]
-        if n < 2:
-            raise ValueError("a sweep needs n >= 2 tokens (it records <x_1, x_2>)")
-        dtype = jnp.float64 if o["x64"] else jnp.float32
-        if (n, d) not in self.compiled:
-            self.compiled[(n, d)] = self._build(n, d)
-        keys = jax.vmap(lambda s: jr.fold_in(jr.PRNGKey(o["seed"]), s))(
-            jnp.arange(o["seeds"])
-        )
-        x0s = jax.vmap(lambda k: Sphere().random(k, (n, d), dtype))(keys)
-        ts = jnp.linspace(0.0, o["t1"], o["saves"], dtype=dtype)
-        cos12, energy, final = self.compiled[(n, d)](jnp.asarray(beta, dtype), x0s, ts)
-        final = np.asarray(final)
-        return {
-            "ts": np.asarray(ts),
-            "cos12": np.asarray(cos12),
-            "energy": np.asarray(energy),
-            "final": final,
-            "clusters": np.array([cluster_count(x, tol=o["eps"]) for x in final]),
-        }
+def _leftovers(folder: str) -> list[str]:
+    """Names in `folder` that a sweep killed before its manifest may leave."""
+    names = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name == LOCK or _is_temporary(name):
+            continue
+        if name == "cells" and os.path.isdir(path) and not os.path.islink(path):
+            if all(_is_temporary(f) for f in os.listdir(path)):
+                continue
+        names.append(name)
+    return names
 
 
 def _check_folder(out: str, manifest: dict) -> None:
@@ -223,23 +77,24 @@ def _check_folder(out: str, manifest: dict) -> None:
     if not os.path.isdir(out):
         return
     if not os.path.exists(path):
-        stray = [f for f in os.listdir(out) if TMP not in f]
+        stray = _leftovers(out)
         if stray:
             raise ValueError(
                 f"--out {out} is a non-empty folder without a sweep manifest "
                 f"(holds {stray[0]!r}); use a new folder"
             )
         return
+    old = None
     try:
-        with open(path) as f:
-            old = json.load(f)
-        ok = isinstance(old, dict) and old.get("format") == FORMAT
+        with open(path, "rb") as f:
+            old = json.loads(f.read(1 << 24))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        ok = False
-    if not ok:
+        pass
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
         raise ValueError(f"{path} is not a spherejax sweep manifest (corrupted?)")
     if old.get("hash") != manifest["hash"]:
         old_options = old.get("options", {})
+        old_options = old_options if isinstance(old_options, dict) else {}
         diff = [
             k
             for k in sorted(set(old_options) | set(manifest["options"]))
@@ -257,9 +112,49 @@ def _check_folder(out: str, manifest: dict) -> None:
         )
 
 
+@contextlib.contextmanager
+def _locked(out: str):
+    """Hold `out/.sweep.lock` (exclusive `flock`) or refuse: another sweep runs."""
+    fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"--out {out} is in use by another running sweep; wait for it to "
+                "finish or use another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_options(options: dict, cells: list) -> None:
+    import jax.numpy as jnp
+
+    if any(c["n"] < 2 for c in cells):
+        raise ValueError("--n must be >= 2 for a sweep (it records <x_1, x_2>)")
+    info = jnp.finfo(jnp.float64 if options["x64"] else jnp.float32)
+    n = max(options["n"])
+    check_solve({**options, "beta": max(options["beta"])}, float(info.eps), n)
+    need = max(
+        estimate_bytes(
+            c["n"], c["d"], options["saves"], info.bits // 8, options["seeds"]
+        )
+        for c in cells
+    )
+    check_memory(
+        need, f"a sweep cell of {options['seeds']} seeds", "lower --n or --seeds"
+    )
+
+
 def run_sweep(options: dict, *, log=None) -> dict:
     """Run (or resume) the sweep described by validated `options` (see
     `config.SWEEP`) in the folder `options["out"]`; returns the summary."""
+    if options["x64"]:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if log is None else log
     out = options["out"]
     cells = grid(options)
@@ -271,33 +166,39 @@ def run_sweep(options: dict, *, log=None) -> dict:
         "options": options,
         "cells": cells,
     }
-    _check_folder(out, manifest)
-    if any(c["n"] < 2 for c in cells):
-        raise ValueError("--n must be >= 2 for a sweep (it records <x_1, x_2>)")
+    _check_folder(out, manifest)  # before writing anything
+    _check_options(options, cells)
+    os.makedirs(out, exist_ok=True)
+    with _locked(out):
+        _check_folder(out, manifest)  # again, now that no other sweep can write
+        return _run_locked(options, cells, manifest, log)
 
-    os.makedirs(os.path.join(out, "cells"), exist_ok=True)
+
+def _run_locked(options: dict, cells: list, manifest: dict, log) -> dict:
+    out, h = options["out"], manifest["hash"]
     manifest_path = os.path.join(out, "sweep.json")
     if not os.path.exists(manifest_path):
-        _write_atomic(manifest_path, json.dumps(manifest, indent=2).encode())
+        write_atomic(manifest_path, json.dumps(manifest, indent=2).encode())
+    os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     for folder in (out, os.path.join(out, "cells")):  # leftovers of a killed run
         for name in os.listdir(folder):
-            if TMP in name:
+            if _is_temporary(name):
                 os.remove(os.path.join(folder, name))
 
-    simulate = _Simulator(options)
+    simulate = Simulator(options)
     results, done, start = [], 0, time.perf_counter()
     for k, cell in enumerate(cells):
-        path = _cell_path(out, k)
+        path = cell_path(out, k)
         label = " ".join(f"{a}={cell[a]:g}" for a in AXES)
         if os.path.exists(path):
-            results.append(_read_cell(path, k, h, options, cell))
+            results.append(read_cell(path, k, h, options, cell))
             log(f"sweep: cell {k + 1}/{len(cells)} ({label}) already done, skipped")
             continue
         tic = time.perf_counter()
         arrays = simulate(cell)
         header = {"format": FORMAT, "sweep_hash": h, "cell": k, "params": cell}
-        _write_atomic(
-            path, _npz_bytes({**arrays, "header": np.array(json.dumps(header))})
+        write_atomic(
+            path, npz_bytes({**arrays, "header": np.array(json.dumps(header))})
         )
         results.append(arrays)
         done += 1
@@ -306,8 +207,10 @@ def run_sweep(options: dict, *, log=None) -> dict:
             f"{time.perf_counter() - tic:.2f} s"
         )
 
-    final = _assemble(options, cells, results)
-    _write_atomic(os.path.join(out, "sweep.npz"), _npz_bytes(final))
+    final = assemble(options, cells, results)
+    write_atomic(os.path.join(out, "sweep.npz"), npz_bytes(final))
+    png = os.path.join(out, "sweep.png")
+    write_atomic(png, png_bytes(plot_sweep(options, cells, final), 100))
     summary = {
         "command": "sweep",
         "hash": h,
@@ -319,32 +222,11 @@ def run_sweep(options: dict, *, log=None) -> dict:
         "p_close_final": final["p_close"][:, -1].tolist(),
         "mean_clusters": final["clusters"].mean(axis=1).tolist(),
         "npz": os.path.join(out, "sweep.npz"),
+        "png": png,
     }
-    png = os.path.join(out, "sweep.png")
-    plot_sweep(options, cells, final, png)
-    summary["png"] = png
-    _write_atomic(
-        os.path.join(out, "summary.json"), json.dumps(summary, indent=2).encode()
-    )
+    write_atomic(os.path.join(out, "summary.json"), json_bytes(summary))
     log(
         f"sweep: {len(cells)} cells ({done} computed, {len(cells) - done} reused); "
         f"wrote {summary['npz']}"
     )
     return summary
-
-
-def _assemble(options: dict, cells: list, results: list) -> dict:
-    final = {
-        "ts": results[0]["ts"],
-        "n": np.array([c["n"] for c in cells]),
-        "d": np.array([c["d"] for c in cells]),
-        "beta": np.array([c["beta"] for c in cells], dtype=np.float64),
-        "cos12": np.stack([r["cos12"] for r in results]),
-        "energy": np.stack([r["energy"] for r in results]),
-        "clusters": np.stack([r["clusters"] for r in results]),
-        "eps": np.float64(options["eps"]),
-    }
-    final["p_close"] = (final["cos12"] >= 1 - options["eps"]).mean(axis=1)
-    for k, r in enumerate(results):
-        final[f"final_{k:05d}"] = r["final"]
-    return final
