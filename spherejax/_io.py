@@ -163,6 +163,9 @@ def save(path: str | os.PathLike, model, hyperparams: dict | None = None) -> Non
     _write_atomic(path, _model_bytes(model, hyperparams))
 
 
+_KIND_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
+
+
 def _check_header(path: str, header: dict, payload_bytes: int | None) -> None:
     """Types and sizes of the header's fields, before anything is allocated."""
     kinds = {
@@ -176,8 +179,8 @@ def _check_header(path: str, header: dict, payload_bytes: int | None) -> None:
     for key, kind in kinds.items():
         if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
             raise ValueError(
-                f"{path!r} has a malformed header: `{key}` is missing or not a "
-                f"{kind.__name__}."
+                f"{path!r} has a malformed header: `{key}` is missing or not "
+                f"{_KIND_NAMES[kind]}."
             )
     size = header["payload_bytes"]
     if not 0 <= size <= MAX_PAYLOAD_BYTES:

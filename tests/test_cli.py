@@ -75,6 +75,7 @@ def _bad_files(folder):
         sj.field_hyperparams(sj.SelfAttention.identity(3, 1.0)),
     )
     (bad / "truncated.sjx").write_bytes((bad / "field.sjx").read_bytes()[:-10])
+    _edited_headers(bad)
     (bad / "not_a_field.txt").write_text("hello\n")
     (bad / "a_file").write_text("")
     (bad / "stray").mkdir()
@@ -89,6 +90,29 @@ def _bad_files(folder):
     np.savez(bad / "nan.npz", ts=ts, ys=ys_nan)
     np.savez(bad / "ts_decreasing.npz", ts=ts[::-1], ys=ys)
     np.savez(bad / "ts_short.npz", ts=ts[:-1], ys=ys)
+
+
+def _edited_headers(bad):
+    """Copies of bad/field.sjx whose JSON header is edited (payload unchanged)."""
+    import spherejax as sj
+
+    text, _, payload = (bad / "field.sjx").read_bytes().partition(b"\n")
+    header = json.loads(text)
+
+    def write(name, **changes):
+        h = {**header, **changes}
+        (bad / name).write_bytes(json.dumps(h).encode() + b"\n" + payload)
+
+    hp = header["hyperparams"]
+    write("no_key.sjx", hyperparams={k: v for k, v in hp.items() if k != "heads"})
+    write("wrong_type.sjx", hyperparams={**hp, "causal": "yes"})
+    write("huge_d.sjx", hyperparams={**hp, "d": 6000})
+    leaves = [dict(leaf) for leaf in header["leaves"]]
+    leaves[0] = {"shape": [6000, 6000], "dtype": "float64"}
+    write("huge_leaves.sjx", leaves=leaves)
+    hot = sj.SelfAttention.identity(3, 200.0, normalization="unnormalized")
+    sj.save(bad / "hot.sjx", hot, sj.field_hyperparams(hot))
+    (bad / "taken" / "simulate.json").mkdir(parents=True)
 
 
 def _table_rows():
@@ -246,3 +270,86 @@ def test_bench_command_reports_field_and_floor(tmp_path, capsys):
             row["field_ms"] / row["floor_ms"]
         )
         assert f"{row['n']:7d}" in text
+
+
+def _failure_rows():
+    """The table of failures after the checks in README.md (with exit codes)."""
+    import shlex
+
+    rows, in_table = [], False
+    with open(os.path.join(ROOT, "README.md")) as f:
+        for line in f:
+            if line.startswith("| what fails |"):
+                in_table = True
+                continue
+            if in_table and line.startswith("| ---"):
+                continue
+            if in_table and not line.startswith("|"):
+                break
+            if in_table:
+                what, command, code, message = (
+                    c.strip() for c in line.strip().strip("|").split(" | ")
+                )
+                rows.append(
+                    (
+                        what,
+                        shlex.split(command.strip("`")),
+                        int(code),
+                        message.strip("`"),
+                    )
+                )
+    return rows
+
+
+FAILURES = _failure_rows()
+
+
+def test_failure_table_covers_every_code():
+    assert {code for _, _, code, _ in FAILURES} >= {3, 4, 5}
+
+
+@pytest.mark.parametrize(
+    "what, argv, code, message", FAILURES, ids=[w for w, _, _, _ in FAILURES]
+)
+def test_failure_table(what, argv, code, message, tmp_path, monkeypatch, capsys):
+    # failures after validation: one line, the documented code, nothing written
+    _bad_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    got = main(argv)
+    err = capsys.readouterr().err
+    assert got == code, err
+    assert message in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_ctrl_c_during_the_solve_exits_130_and_writes_nothing(tmp_path):
+    # a solve of ~10^5 fixed RK4 steps; SIGINT once the run has started: the
+    # process ends within seconds, exit 130, one line, no traceback, no output
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spherejax", "simulate", "--n", "16", "--t1", "5000"]
+        + ["--solver", "rk4", "--dt0", "0.005", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    header = proc.stdout.readline()  # printed just before the solve starts
+    assert header.startswith("spherejax simulate:"), header
+    time.sleep(2.0)
+    assert proc.poll() is None, "the solve ended before it could be interrupted"
+    tic = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    latency = time.perf_counter() - tic
+    assert proc.returncode == 130, err
+    assert err == "error: interrupted; partial outputs removed\n", err
+    assert latency < 10, latency
+    assert not out.exists()

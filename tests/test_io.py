@@ -116,3 +116,74 @@ def test_bad_saves_are_refused_and_write_nothing(tmp_path, getkey):
     with pytest.raises(ValueError, match="NaN or inf"):
         sj.save(tmp_path / "c.sjx", bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_saves_leave_no_temporary_file(tmp_path, getkey):
+    field = _field(getkey())
+    (tmp_path / "taken.sjx").mkdir()  # the target is a folder: the rename fails
+    with pytest.raises(IsADirectoryError):
+        sj.save(tmp_path / "taken.sjx", field)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.sjx"]
+    assert list((tmp_path / "taken.sjx").iterdir()) == []
+
+
+def test_a_planted_symlink_does_not_redirect_a_save(tmp_path, getkey):
+    # symlinks at every name a predictable temporary file could take
+    import os
+
+    field = _field(getkey())
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in ("f.sjx.tmp", f"f.sjx.tmp-{os.getpid()}", ".f.sjx.tmp"):
+        (tmp_path / name).symlink_to(victim)
+    sj.save(tmp_path / "f.sjx", field)
+    assert victim.read_text() == "keep me"
+    assert eqx.tree_equal(sj.load(tmp_path / "f.sjx", like=field), field)
+
+
+def test_reads_are_bounded_by_declared_and_checked_sizes(tmp_path, getkey):
+    import resource
+
+    field = _field(getkey())
+    path = tmp_path / "f.sjx"
+    sj.save(path, field, sj.field_hyperparams(field))
+    text, _, payload = path.read_bytes().partition(b"\n")
+    header = json.loads(text)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    with pytest.raises(ValueError, match="not a spherejax model file"):
+        sj.load("/dev/zero", like=field)  # no newline within the header limit
+
+    def edited(name, **changes):
+        p = tmp_path / name
+        p.write_bytes(json.dumps({**header, **changes}).encode() + b"\n" + payload)
+        return p
+
+    hp = header["hyperparams"]
+    # hyperparameters claiming d = 6000: refused from the shapes alone
+    with pytest.raises(ValueError, match=r"expects \[2, 2, 6000\]"):
+        sj.load(
+            edited("d.sjx", hyperparams={**hp, "d": 6000}), sj.field_from_hyperparams
+        )
+    # leaves claiming 6000 x 6000 parameters in a small file
+    leaves = [{"shape": [6000, 6000], "dtype": "float64"}] + header["leaves"][1:]
+    with pytest.raises(ValueError, match="shapes need 288000"):
+        sj.load(edited("leaves.sjx", leaves=leaves), like=field)
+    # a payload size beyond the limit, or of the wrong type
+    with pytest.raises(ValueError, match="announces"):
+        sj.load(edited("size.sjx", payload_bytes=1 << 40), like=field)
+    with pytest.raises(
+        ValueError, match="`payload_bytes` is missing or not an integer"
+    ):
+        sj.load(edited("type.sjx", payload_bytes="12"), like=field)
+    # missing or mistyped hyperparameters name the key
+    with pytest.raises(ValueError, match="lack the key 'heads'"):
+        no_heads = {k: v for k, v in hp.items() if k != "heads"}
+        sj.load(edited("h.sjx", hyperparams=no_heads), sj.field_from_hyperparams)
+    with pytest.raises(ValueError, match="'k' must be a positive integer"):
+        sj.load(
+            edited("k.sjx", hyperparams={**hp, "k": 2.5}), sj.field_from_hyperparams
+        )
+    # nothing of the claimed sizes was allocated (6000 x 6000 float64 = 288 MB)
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
+    assert grown_kb < 100_000

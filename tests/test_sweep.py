@@ -6,6 +6,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,3 +99,84 @@ def test_sweep_killed_and_resumed_equals_uninterrupted(tmp_path):
         timeout=300,
     )
     assert other.returncode == 2 and "error" in other.stderr.lower()
+
+
+TINY = [
+    "sweep",
+    "--n",
+    "3",
+    "--d",
+    "2",
+    "--beta",
+    "1,2",
+    "--value",
+    "minus-identity",
+    "--t1",
+    "1",
+    "--seeds",
+    "2",
+    "--saves",
+    "3",
+]
+
+
+def _tiny(out):
+    return subprocess.Popen(
+        [sys.executable, "-m", "spherejax", *TINY, "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_sweep_killed_at_20_random_instants_resumes_byte_equal(tmp_path):
+    # the reference run gives the length of a whole run (start-up included); the
+    # other folder is then SIGKILLed at 20 instants drawn uniformly over that length
+    # (each rerun resumes the previous one), and a last run completes it
+    ref = tmp_path / "ref"
+    tic = time.perf_counter()
+    proc = _tiny(ref)
+    _, err = proc.communicate(timeout=600)
+    length = time.perf_counter() - tic
+    assert proc.returncode == 0, err
+
+    killed = tmp_path / "killed"
+    (killed / "cells").mkdir(parents=True)  # killed before its manifest existed
+    (killed / ".sweep.json.x1y2z3.tmp").write_bytes(b"{")
+    instants = np.random.default_rng(0).uniform(0.0, length, 20)
+    for instant in instants:
+        proc = _tiny(killed)
+        try:
+            proc.wait(timeout=instant)
+            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+    proc = _tiny(killed)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert (killed / "sweep.npz").read_bytes() == (ref / "sweep.npz").read_bytes()
+    assert json.loads((killed / "summary.json").read_text())["cells"] == 2
+    leftovers = [p for p in killed.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_a_second_sweep_on_a_locked_folder_is_refused(tmp_path, capsys):
+    import fcntl
+
+    from spherejax.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a sweep is running
+        code = main([*TINY, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "is in use by another running sweep" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == [".sweep.lock"]

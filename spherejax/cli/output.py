@@ -8,6 +8,7 @@ created is removed if it is left empty). `write_atomic` writes one file at once
 (sweep cells). After `cancel`, nothing more is written.
 """
 
+import errno
 import io
 import json
 import math
@@ -85,6 +86,9 @@ class Outputs:
         try:
             with _lock:
                 _check_not_cancelled()
+                for _, final in self.staged:  # fail before renaming anything
+                    if os.path.isdir(final) and not os.path.islink(final):
+                        raise IsADirectoryError(errno.EISDIR, "Is a directory", final)
                 for tmp, final in self.staged:
                     os.replace(tmp, final)
                 self.staged = []

@@ -112,6 +112,12 @@ def simulate(options: dict, explicit: AbstractSet[str] = frozenset()) -> dict:
             "the field is not finite at the initial tokens (overflow): use a smaller "
             "beta" + ("" if o["x64"] else " or --x64")
         )
+    print(
+        f"spherejax simulate: n={n} d={d} beta={beta} "
+        f"normalization={o['normalization']} value={o['value']} solver={o['solver']} "
+        f"dtype={info.dtype.name} device={jax.devices()[0].platform}",
+        flush=True,
+    )
     ts = jnp.linspace(0.0, o["t1"], o["saves"], dtype=dtype)
     start = time.perf_counter()
     sol = sj.solve(
@@ -136,11 +142,6 @@ def simulate(options: dict, explicit: AbstractSet[str] = frozenset()) -> dict:
     energy = _energies(ys, beta, info.bits // 8)
     ts_np, ys_np = np.asarray(ts), np.asarray(ys)
 
-    print(
-        f"spherejax simulate: n={n} d={d} beta={beta} "
-        f"normalization={o['normalization']} value={o['value']} solver={o['solver']} "
-        f"dtype={info.dtype.name} device={jax.devices()[0].platform}"
-    )
     print(f"{'t':>8} {'energy':>12} {'clusters':>8} {'mean cos':>9} {'violation':>10}")
     rows = []
     for k in np.unique(np.linspace(0, len(ts_np) - 1, 6).round().astype(int)):
