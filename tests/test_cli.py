@@ -353,3 +353,19 @@ def test_ctrl_c_during_the_solve_exits_130_and_writes_nothing(tmp_path):
     assert err == "error: interrupted; partial outputs removed\n", err
     assert latency < 10, latency
     assert not out.exists()
+
+
+def test_simulate_memory_stays_proportional_to_one_attention_matrix(tmp_path):
+    # the summaries are computed a few saved states at a time: the peak RSS of
+    # simulate --n 1500 (201 saves) stays under 0.6 GiB + 2.4 GiB (n / 4000)^2 (the
+    # bound that gives 3 GiB at n = 4000; all 201 energies at once would need
+    # 201 x 1500^2 float32 = 1.7 GiB more)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from cli_memory import peak_rss_gib
+    finally:
+        sys.path.pop(0)
+    n = 1500
+    gib, _, code = peak_rss_gib(n, t1=1.0)
+    assert code == 0
+    assert gib < 0.6 + 2.4 * (n / 4000) ** 2, gib
