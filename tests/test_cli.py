@@ -69,6 +69,10 @@ def _bad_files(folder):
     with_nan = x0.copy()
     with_nan[1, 2] = np.nan
     np.save(bad / "x0_nan.npy", with_nan)
+    with open(bad / "huge.npy", "wb") as f:  # declares 80 GB, holds 16 bytes
+        header = {"descr": "<f8", "fortran_order": False, "shape": (100000, 100000)}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 16)
     sj.save(
         bad / "field.sjx",
         sj.SelfAttention.identity(3, 1.0),

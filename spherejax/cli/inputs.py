@@ -1,10 +1,36 @@
 """Input files of the command line: initial tokens (`--x0`) and observed paths
 (`fit --data`), validated."""
 
+import math
+import os
+
+import numpy as np
+
+
+def _check_npy_size(path: str, flag: str) -> None:
+    """Refuse a `.npy` file whose header declares more data than the file holds
+    (checked before numpy allocates the array)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            regular = os.path.isfile(path)
+    except (OSError, ValueError):
+        return  # np.load reports these
+    declared = math.prod(shape) * dtype.itemsize
+    if regular and declared > left:
+        raise ValueError(
+            f"{flag} {path} declares an array of shape {shape} ({declared} bytes) "
+            f"but holds {left} bytes of data"
+        )
+
 
 def load_x0(path):
-    import numpy as np
-
+    _check_npy_size(path, "--x0")
     try:
         x0 = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -27,8 +53,6 @@ def load_x0(path):
 
 def load_paths(path):
     """`ts (T,)` and `ys (B, T, n, d)` from an .npz file, validated."""
-    import numpy as np
-
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: np.asarray(f[name]) for name in f.files}
