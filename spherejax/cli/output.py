@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import signal
 import threading
 
 import numpy as np
@@ -80,22 +79,17 @@ class Outputs:
         return final
 
     def commit(self) -> None:
-        """Rename every staged file into place (Ctrl-C is held off meanwhile)."""
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-        try:
-            with _lock:
-                _check_not_cancelled()
-                for _, final in self.staged:  # fail before renaming anything
-                    if os.path.isdir(final) and not os.path.islink(final):
-                        raise IsADirectoryError(errno.EISDIR, "Is a directory", final)
-                for tmp, final in self.staged:
-                    os.replace(tmp, final)
-                self.staged = []
-                _active.remove(self)
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+        """Rename every staged file into place; a Ctrl-C meanwhile waits for the
+        renames to finish (`cancel` takes the same lock)."""
+        with _lock:
+            _check_not_cancelled()
+            for _, final in self.staged:  # fail before renaming anything
+                if os.path.isdir(final) and not os.path.islink(final):
+                    raise IsADirectoryError(errno.EISDIR, "Is a directory", final)
+            for tmp, final in self.staged:
+                os.replace(tmp, final)
+            self.staged = []
+            _active.remove(self)
 
     def discard(self) -> None:
         """Remove the staged files and the folders this command created (if
