@@ -42,31 +42,34 @@ def _run(args) -> None:
 
 def _in_worker(fn, *args):
     """Run `fn(*args)` in a daemon thread; its exception is re-raised here. The
-    main thread waits in short, interruptible joins."""
+    main thread waits on an event in short, interruptible waits (not
+    `Thread.join`, whose bookkeeping a KeyboardInterrupt can corrupt)."""
     box: dict = {}
+    done = threading.Event()
 
     def target():
         try:
             box["result"] = fn(*args)
         except BaseException as e:  # handed to the main thread
             box["error"] = e
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=target, name="spherejax-command", daemon=True)
-    worker.start()
+    threading.Thread(target=target, name="spherejax-command", daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(0.05)
+        while not done.wait(0.05):
+            pass
     except KeyboardInterrupt:
-        raise _Interrupted(worker) from None
+        raise _Interrupted(done) from None
     if "error" in box:
         raise box["error"]
     return box.get("result")
 
 
 class _Interrupted(Exception):
-    def __init__(self, worker):
+    def __init__(self, done: threading.Event):
         super().__init__("interrupted")
-        self.worker = worker
+        self.done = done
 
 
 def main(argv=None) -> int:
@@ -74,12 +77,12 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     output.reset()
-    worker = None
+    done = None
     try:
         _in_worker(_run, args)
         return 0
     except (KeyboardInterrupt, _Interrupted) as e:
-        worker = getattr(e, "worker", None)
+        done = getattr(e, "done", None)
         output.cancel()
         print("error: interrupted; partial outputs removed", file=sys.stderr)
         code = EXIT_INTERRUPTED
@@ -88,9 +91,9 @@ def main(argv=None) -> int:
         code, message = classify(e)
         print(f"error: {message}", file=sys.stderr)
         return code
-    if worker is not None and worker.is_alive():
-        # the worker is inside a compiled computation that cannot be stopped:
-        # leave now rather than wait for it (daemon threads and XLA at exit)
+    if done is None or not done.is_set():
+        # the worker may be inside a compiled computation that cannot be stopped:
+        # leave now (interpreter shutdown would tear down a thread inside XLA)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
