@@ -187,3 +187,16 @@ def test_reads_are_bounded_by_declared_and_checked_sizes(tmp_path, getkey):
     # nothing of the claimed sizes was allocated (6000 x 6000 float64 = 288 MB)
     grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
     assert grown_kb < 100_000
+
+
+def test_a_full_disk_leaves_no_temporary_file(tmp_path, getkey, monkeypatch):
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        sj.save(tmp_path / "f.sjx", _field(getkey()))
+    assert list(tmp_path.iterdir()) == []
