@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 
 from .config import build_solver
+from .errors import SolverFailure
 from .preflight import MAX_STEPS, energy_batch
 
 
@@ -179,6 +180,12 @@ class Simulator:
         ts = jnp.linspace(0.0, o["t1"], o["saves"], dtype=dtype)
         cos12, energy, final = self.compiled[(n, d)](jnp.asarray(beta, dtype), x0s, ts)
         final = np.asarray(final)
+        if not (np.all(np.isfinite(final)) and np.all(np.isfinite(cos12))):
+            raise SolverFailure(
+                f"the solution of the cell n={n} d={d} beta={beta:g} is not finite "
+                "(overflow or NaN): use smaller betas, a smaller --rtol or --dt0, "
+                "or --x64"
+            )
         return {
             "ts": np.asarray(ts),
             "cos12": np.asarray(cos12),
