@@ -48,6 +48,12 @@ from ._fit import (
     fit as fit,
     riemannian as riemannian,
 )
+from ._group import (
+    AbstractLieAlgebra as AbstractLieAlgebra,
+    GramAlgebra as GramAlgebra,
+    ProductAlgebra as ProductAlgebra,
+    TranslationAlgebra as TranslationAlgebra,
+)
 from ._integrate import solve as solve
 from ._io import (
     field_from_hyperparams as field_from_hyperparams,
