@@ -95,7 +95,8 @@ class KineticPotential(AbstractLagrangian):
 
     (With $U = -E$ this is the usual "kinetic minus potential energy"; the maths
     page of the docs takes $U$ = minus the interaction energy.) The constrained
-    Euler–Lagrange equation is $\nabla_{\dot x}\dot x = \operatorname{grad} U$, i.e. on the sphere
+    Euler–Lagrange equation is $\nabla_{\dot x}\dot x = \operatorname{grad} U$, i.e. on
+    the sphere
     $\ddot x = P_x \nabla U(x) - |\dot x|^2 x / r^2$, and the energy
 
     $$H(x, v) = \tfrac12 |v|^2 - U(x)$$

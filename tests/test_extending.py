@@ -55,11 +55,17 @@ class SpherePair(sj.AbstractManifold):
 
     def exp(self, x, v):
         def one(r, a, u):
-            # theta = |u| / r; sin(theta)/theta written smoothly at u = 0
-            theta2 = _dot(u, u) / r**2
-            safe = jnp.where(theta2 > 0, theta2, 1.0)
-            sinc = jnp.where(theta2 > 0, jnp.sin(jnp.sqrt(safe)) / jnp.sqrt(safe), 1.0)
-            return jnp.cos(jnp.sqrt(theta2)) * a + sinc * u
+            # cos(theta) a + r sin(theta) u / |u|, theta = |u| / r, written through
+            # theta^2 with Taylor series near 0 so that all derivatives are finite
+            # at u = 0 (RATTLE's force uses two derivatives of exp there)
+            s = _dot(u, u) / r**2
+            small = s < 1e-4
+            safe = jnp.where(small, 1.0, s)
+            cos = jnp.where(small, 1 - s / 2 + s**2 / 24, jnp.cos(jnp.sqrt(safe)))
+            sinc = jnp.where(
+                small, 1 - s / 6 + s**2 / 120, jnp.sin(jnp.sqrt(safe)) / jnp.sqrt(safe)
+            )
+            return cos * a + sinc * u
 
         return self._each(one, x, v)
 
