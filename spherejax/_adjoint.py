@@ -127,7 +127,13 @@ class ReplayAdjoint(diffrax.AbstractAdjoint):
                 f"solver; got {type(solver).__name__}."
             )
         _tableau(solver.solver)  # validates
-        ts = _save_times(saveat, t1)
+        # diffrax runs the loop forward in time (t0 < t1), flipping the term's sign
+        # for backward solves: not supported here
+        ts = eqx.error_if(
+            _save_times(saveat, t1),
+            terms.contr(jnp.zeros_like(t0), jnp.ones_like(t0)) != 1,
+            "`ReplayAdjoint` needs `t0 < t1`.",
+        )
         static = _Static(
             solver=_RetractTokens(solver.solver, solver._require_manifold()),
             controller=_controller(stepsize_controller, ts),
@@ -138,14 +144,7 @@ class ReplayAdjoint(diffrax.AbstractAdjoint):
             args=args,
             max_steps=self.max_steps,
         )
-        # diffrax runs the loop forward in time (t0 < t1), flipping the term's sign
-        # for backward solves: not supported here
-        y0 = eqx.error_if(
-            init_state.y,
-            terms.contr(jnp.zeros_like(t0), jnp.ones_like(t0)) != 1,
-            "`ReplayAdjoint` needs `t0 < t1`.",
-        )
-        ys, sol = _replay((field, y0), static)
+        ys, sol = _replay((field, init_state.y), static)
         return _final_state(init_state, saveat, ts, ys, sol), {}
 
 
@@ -217,6 +216,8 @@ def _controller(controller, ts):
 def _final_state(init_state, saveat, ts, ys, sol):
     """diffrax's loop state after the solve: the saved `ys` (with the replay's
     reverse-mode rule), the statistics and result of the forward pass."""
+    # the statistics, result and final state carry no gradient (the saved `ys` do)
+    sol = jax.tree.map(jax.lax.stop_gradient, sol)
     n_saved = ts.shape[0]
     save_state = init_state.save_state
     save_state = eqx.tree_at(
