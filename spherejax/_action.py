@@ -34,6 +34,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._field import AbstractField
 from ._manifold import AbstractManifold
+from ._riemannian import riemannian
 
 
 class AbstractLagrangian(eqx.Module):
@@ -409,8 +410,6 @@ def minimum_action_path(
     **Returns:** `(path, losses)`: the optimised path `(T, n, d)` and the action
     before each step.
     """
-    from ._fit import riemannian
-
     x0, x1 = jnp.asarray(x0), jnp.asarray(x1)
     ts = jnp.asarray(ts, x0.dtype)
     if ts.ndim != 1 or ts.shape[0] < 3:

@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._version import __version__
+
 
 MAGIC = "spherejax-model"
 FORMAT_VERSION = 1
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
