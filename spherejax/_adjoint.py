@@ -53,6 +53,9 @@ steps *taken* (accepted and rejected), and is the adjoint's own parameter (solve
 `max_steps` is ignored).
 """
 
+from collections.abc import Callable
+from typing import cast
+
 import diffrax
 import equinox as eqx
 import jax
@@ -247,7 +250,7 @@ def _final_state(init_state, saveat, ts, ys, sol):
         ),
         init_state,
         (
-            sol.ys[0][-1],
+            cast(tuple, sol.ys)[0][-1],
             jnp.asarray(t1, jnp.asarray(init_state.tprev).dtype),
             jnp.asarray(t1, jnp.asarray(init_state.tnext).dtype),
             sol.result,
@@ -284,8 +287,9 @@ class _WithRadial(eqx.Module):
         x, _ = y
         if not self.fast:
             return self.field(t, x, args), jnp.zeros(x.shape[:-1], x.dtype)
-        v = self.field.attention(x)
-        return self.field.manifold.to_tangent(x, v), jnp.sum(x * v, axis=-1)
+        field = cast(SelfAttention, self.field)
+        v = field.attention(x)
+        return field.manifold.to_tangent(x, v), jnp.sum(x * v, axis=-1)
 
 
 class _RetractTokens(diffrax.AbstractWrappedSolver):
@@ -301,7 +305,7 @@ class _RetractTokens(diffrax.AbstractWrappedSolver):
         return self.solver.term_structure
 
     @property
-    def interpolation_cls(self):
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return self.solver.interpolation_cls
 
     def order(self, terms):
@@ -328,7 +332,7 @@ class _RetractTokens(diffrax.AbstractWrappedSolver):
 class _TokensNorm(eqx.Module):
     """The controller's norm applied to the tokens of the state `(x, z)`."""
 
-    norm: object
+    norm: Callable
 
     def __call__(self, y):
         return self.norm(y[0])
@@ -357,7 +361,7 @@ def _attention_pullback(field: SelfAttention, x, f, r, fbar):
     """`(field_bar, x_bar)` of `x -> field(t, x)` at `x` against `fbar`, given the
     output `f` and the radial component `r = <x, v>` (five `n x n x d` products)."""
     dt = x.dtype
-    R2 = jnp.asarray(field.manifold.radius, dt) ** 2
+    R2 = jnp.asarray(cast(Sphere, field.manifold).radius, dt) ** 2
     Q, K, V = (a.astype(dt) for a in (field.Q, field.K, field.V))
     beta = field.beta.astype(dt)
     # tangent projection f = v - <x, v> x / R^2
@@ -440,7 +444,7 @@ def _forward(field, y0, static: _Static):
         max_steps=static.max_steps,
         adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=1),
     )
-    interp = sol.interpolation
+    interp = cast(diffrax.DenseInterpolation, sol.interpolation)
     n_steps = interp.ts_size - 1
     step_ts = interp.ts  # step k runs from step_ts[k] to step_ts[k + 1]
     # every saved time is a step end (or t0): where in the step list?
@@ -449,7 +453,7 @@ def _forward(field, y0, static: _Static):
     idx = eqx.error_if(
         idx, ~jnp.all(found), "`ReplayAdjoint`: a save time is not a step end."
     )
-    x_final = sol.ys[0][-1]
+    x_final = cast(tuple, sol.ys)[0][-1]
     starts = interp.infos["y0"][0]
     xs = jnp.where(
         (idx == n_steps)[:, None, None],

@@ -15,6 +15,7 @@ import diffrax
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from .base import AbstractManifoldSolver, projected_interpolation_cls
 
@@ -59,13 +60,15 @@ class AbstractLieSolver(AbstractManifoldSolver):
     term_structure = diffrax.ODETerm
 
     @property
-    def interpolation_cls(self):
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return projected_interpolation_cls(
             diffrax.ThirdOrderHermitePolynomialInterpolation, self._require_manifold()
         )
 
     @abc.abstractmethod
-    def _advance(self, vf, t0, h, y0, f0, skip_first, fsal: bool):
+    def _advance(
+        self, vf, t0, h, y0, f0, skip_first, fsal: bool
+    ) -> tuple[Array, Array | None, Array, Array | None]:
         """One step (see the class docs)."""
 
     def init(self, terms, t0, t1, y0, args):

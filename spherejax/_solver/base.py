@@ -2,6 +2,7 @@
 
 import abc
 from collections.abc import Callable
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -24,7 +25,7 @@ class AbstractManifoldSolver(diffrax.AbstractSolver):
     manifold: eqx.AbstractVar[AbstractManifold | None]
 
     @abc.abstractmethod
-    def single_step(self, terms, t0, t1, y0, args):
+    def single_step(self, terms, t0, t1, y0, args) -> Any:
         """One step from `t0` to `t1` starting at `y0`, with no solver state carried
         in or out (no first-same-as-last reuse); returns the end point on the
         manifold."""

@@ -84,7 +84,9 @@ class Rattle(AbstractManifoldSolver):
     term_structure: ClassVar = diffrax.AbstractTerm
 
     @property
-    def interpolation_cls(self) -> Callable[..., TangentBundleInterpolation]:
+    def interpolation_cls(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+    ) -> Callable[..., TangentBundleInterpolation]:
         manifold = self._require_manifold()
 
         def make(*, t0, t1, y0, y1):

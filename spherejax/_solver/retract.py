@@ -83,7 +83,7 @@ class Retract(AbstractManifoldSolver, diffrax.AbstractWrappedSolver):
         return self.solver.term_structure
 
     @property
-    def interpolation_cls(self):
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return projected_interpolation_cls(
             self.solver.interpolation_cls, self._require_manifold()
         )

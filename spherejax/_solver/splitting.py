@@ -38,7 +38,7 @@ def _replace_field(term, field):
 
 class _AbstractSplitting(AbstractManifoldSolver):
     fields: tuple[AbstractField, ...]
-    solver: diffrax.AbstractSolver
+    solver: AbstractManifoldSolver
     manifold: AbstractManifold | None
 
     term_structure = diffrax.ODETerm
@@ -60,13 +60,13 @@ class _AbstractSplitting(AbstractManifoldSolver):
         if not isinstance(solver, diffrax.AbstractSolver):
             raise ValueError(f"`solver` must be a diffrax solver; got {solver!r}.")
         if not isinstance(solver, AbstractManifoldSolver):
-            solver = Retract(solver)
+            solver = Retract(solver=solver)
         self.fields = tuple(fields)
         self.solver = solver
         self.manifold = manifold
 
     @property
-    def interpolation_cls(self):
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return projected_interpolation_cls(
             diffrax.LocalLinearInterpolation, self._require_manifold()
         )
