@@ -1,4 +1,4 @@
-r"""`ReplayAdjoint`: reverse mode through `solve` from stored Runge–Kutta stages.
+r"""`ReplayAdjoint`: reverse mode through a solve from stored Runge–Kutta stages.
 
 diffrax's default `RecursiveCheckpointAdjoint` stores the loop state at
 checkpoints and, in the backward pass, re-runs every step forward before pulling
@@ -49,8 +49,8 @@ two agree to rounding (tested to `1e-11` relative in float64). The benchmark
 
 **Memory.** The dense buffers hold `max_steps x (s + 2)` copies of the state
 (`s` stages; Tsit5: 7), allocated up front: `max_steps` must bound the number of
-steps *taken* (accepted and rejected), and is the adjoint's own parameter (solve's
-`max_steps` is ignored).
+steps *taken* (accepted and rejected), and is the adjoint's own parameter (the
+`max_steps` of `solve` or `diffeqsolve` is ignored).
 """
 
 from collections.abc import Callable
