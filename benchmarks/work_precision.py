@@ -1,4 +1,4 @@
-"""Work–precision benchmark of spherejax's manifold solvers (issue 3).
+"""Work–precision benchmark of spherejax's manifold solvers.
 
 Problem (a): softmax self-attention (SA) with Q = K = V = I on the unit sphere,
 n = 64 tokens, d = 16, beta = 4, t in [0, 10], float64, uniformly random tokens.
@@ -16,7 +16,7 @@ so each solver compiles once).
 Usage: `python benchmarks/work_precision.py [--n 64 --d 16 --beta 4 --T 10]
 [--quick] [--readme benchmarks/README.md] [--png benchmarks/work_precision.png]`.
 Prints one line per configuration, writes the PNG and replaces the section
-"Work–precision (issue 3)" of the README with the results table.
+"Work–precision" of the README with the results table.
 """
 
 import argparse
@@ -455,7 +455,7 @@ def bench_split(
 
 
 def write_readme(args, panels, dev):
-    head = "## Work–precision (issue 3)"
+    head = "## Work–precision"
     lines = [
         head,
         "",

@@ -1,7 +1,5 @@
 """spherejax: attention flows on spheres, in JAX."""
 
-import importlib.metadata
-
 from ._action import (
     AbstractLagrangian as AbstractLagrangian,
     Kinetic as Kinetic,
@@ -48,6 +46,12 @@ from ._fit import (
     fit as fit,
     riemannian as riemannian,
 )
+from ._group import (
+    AbstractLieAlgebra as AbstractLieAlgebra,
+    GramAlgebra as GramAlgebra,
+    ProductAlgebra as ProductAlgebra,
+    TranslationAlgebra as TranslationAlgebra,
+)
 from ._integrate import solve as solve
 from ._io import (
     field_from_hyperparams as field_from_hyperparams,
@@ -79,24 +83,21 @@ from ._sharding import (
     sharded_solve as sharded_solve,
 )
 from ._solver import (
-    RK4 as RK4,
-    AbstractManifoldSolver as AbstractManifoldSolver,
-    ProjectedInterpolation as ProjectedInterpolation,
-    Retract as Retract,
-)
-from ._solver.crouch_grossman import (
     CG2 as CG2,
     CG2_3 as CG2_3,
     CG3 as CG3,
+    RK4 as RK4,
+    RKMK4 as RKMK4,
+    AbstractManifoldSolver as AbstractManifoldSolver,
     CG4a as CG4a,
-)
-from ._solver.lie_euler import LieEuler as LieEuler
-from ._solver.rattle import (
+    LieEuler as LieEuler,
+    LieTrotter as LieTrotter,
+    ProjectedInterpolation as ProjectedInterpolation,
     Rattle as Rattle,
+    Retract as Retract,
+    Strang as Strang,
     TangentBundleInterpolation as TangentBundleInterpolation,
 )
-from ._solver.rkmk import RKMK4 as RKMK4
-from ._solver.splitting import LieTrotter as LieTrotter, Strang as Strang
 from ._tai import (
     MovingLayerNorm as MovingLayerNorm,
     TaiFlow as TaiFlow,
@@ -112,9 +113,4 @@ from ._transformer import (
     transformer as transformer,
     unprojected as unprojected,
 )
-
-
-try:
-    __version__ = importlib.metadata.version("spherejax")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
-    __version__ = "0.1.0"
+from ._version import __version__ as __version__

@@ -34,6 +34,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._field import AbstractField
 from ._manifold import AbstractManifold
+from ._riemannian import riemannian
 
 
 class AbstractLagrangian(eqx.Module):
@@ -93,9 +94,10 @@ Tracking.__init__.__doc__ = """**Arguments:**
 class KineticPotential(AbstractLagrangian):
     r"""Kinetic plus potential: $L = \tfrac12 \sum_i |\dot x_i|^2 + U(x)$.
 
-    (With $U = -E$ this is the usual "kinetic minus potential energy"; DESIGN §1a
-    takes $U$ = minus the interaction energy.) The constrained Euler–Lagrange
-    equation is $\nabla_{\dot x}\dot x = \operatorname{grad} U$, i.e. on the sphere
+    (With $U = -E$ this is the usual "kinetic minus potential energy"; the maths
+    page of the docs takes $U$ = minus the interaction energy.) The constrained
+    Euler–Lagrange equation is $\nabla_{\dot x}\dot x = \operatorname{grad} U$, i.e. on
+    the sphere
     $\ddot x = P_x \nabla U(x) - |\dot x|^2 x / r^2$, and the energy
 
     $$H(x, v) = \tfrac12 |v|^2 - U(x)$$
@@ -408,8 +410,6 @@ def minimum_action_path(
     **Returns:** `(path, losses)`: the optimised path `(T, n, d)` and the action
     before each step.
     """
-    from ._fit import riemannian
-
     x0, x1 = jnp.asarray(x0), jnp.asarray(x1)
     ts = jnp.asarray(ts, x0.dtype)
     if ts.ndim != 1 or ts.shape[0] < 3:

@@ -1,4 +1,4 @@
-r"""`ReplayAdjoint`: reverse mode through `solve` from stored Runge–Kutta stages.
+r"""`ReplayAdjoint`: reverse mode through a solve from stored Runge–Kutta stages.
 
 diffrax's default `RecursiveCheckpointAdjoint` stores the loop state at
 checkpoints and, in the backward pass, re-runs every step forward before pulling
@@ -49,9 +49,12 @@ two agree to rounding (tested to `1e-11` relative in float64). The benchmark
 
 **Memory.** The dense buffers hold `max_steps x (s + 2)` copies of the state
 (`s` stages; Tsit5: 7), allocated up front: `max_steps` must bound the number of
-steps *taken* (accepted and rejected), and is the adjoint's own parameter (solve's
-`max_steps` is ignored).
+steps *taken* (accepted and rejected), and is the adjoint's own parameter (the
+`max_steps` of `solve` or `diffeqsolve` is ignored).
 """
+
+from collections.abc import Callable
+from typing import cast
 
 import diffrax
 import equinox as eqx
@@ -61,22 +64,27 @@ from jaxtyping import Array
 
 from ._attention import _log_weights, _mask, _row_weights, scores
 from ._field import AbstractField, SelfAttention
-from ._manifold import Sphere
-from ._solver.retract import Retract
+from ._manifold import AbstractManifold, Sphere
+from ._solver.retract import Retract, with_scan_kind
 
 
-class ReplayAdjoint(eqx.Module):
-    """Reverse-mode adjoint for `spherejax.solve` that replays the accepted steps
-    from their stored stages instead of re-running them (see the module docs).
+class ReplayAdjoint(diffrax.AbstractAdjoint):
+    """Reverse-mode adjoint that replays the accepted steps from their stored
+    stages instead of re-running them (see the module docs).
 
-    Pass it as `solve(..., adjoint=spherejax.ReplayAdjoint(max_steps=...))`.
+    A `diffrax.AbstractAdjoint`: pass it as
+    `spherejax.solve(..., adjoint=spherejax.ReplayAdjoint(max_steps=...))` or as
+    `diffrax.diffeqsolve(..., adjoint=spherejax.ReplayAdjoint(...))`; the two give
+    the same gradients.
 
     Supported: `Retract` around an explicit diffrax Runge–Kutta solver (`Tsit5`,
     the default, `Dopri5`, `Dopri8`, `Bosh3`, `Heun`, `spherejax.RK4`, ...) with a
-    `diffrax.PIDController` (tolerances) or a constant step; saving at `t1` or at
-    `ts` (adaptive steps are made to end on every `ts`, so the saved states are
-    step ends, not interpolants); fields without jump times. Reverse mode only
-    (`jax.grad`, `jax.vjp`); `args` is not differentiated.
+    `diffrax.PIDController` (tolerances) or a constant step; one `diffrax.ODETerm`;
+    saving at `t1` or at `ts` (adaptive steps are made to end on every `ts`, so the
+    saved states are step ends, not interpolants); `t0 < t1`; fields without jump
+    times; no events. Reverse mode only (`jax.grad`, `jax.vjp`); gradients flow to
+    the term (the field's arrays) and `y0`, not to `args`. Anything else raises a
+    `ValueError`.
     """
 
     max_steps: int = eqx.field(static=True, default=256)
@@ -86,6 +94,172 @@ class ReplayAdjoint(eqx.Module):
             raise ValueError(
                 f"`max_steps` must be a positive integer; got {self.max_steps}."
             )
+
+    def loop(
+        self,
+        *,
+        args,
+        terms,
+        solver,
+        stepsize_controller,
+        event,
+        saveat,
+        t0,
+        t1,
+        dt0,
+        max_steps,
+        throw,
+        init_state,
+        passed_solver_state,
+        passed_controller_state,
+        progress_meter,
+    ):
+        del max_steps, throw, passed_solver_state, passed_controller_state
+        del progress_meter
+        if event is not None:
+            raise ValueError("`ReplayAdjoint` does not support events.")
+        field = _find_field(terms)
+        if isinstance(field, AbstractField) and field.jump_times() is not None:
+            raise ValueError(
+                "`ReplayAdjoint` does not support fields with jump times (layer-wise "
+                "fields); use the default adjoint."
+            )
+        if not isinstance(solver, Retract):
+            raise ValueError(
+                "`ReplayAdjoint` needs `Retract` around an explicit Runge–Kutta "
+                f"solver; got {type(solver).__name__}."
+            )
+        _tableau(solver.solver)  # validates
+        # diffrax runs the loop forward in time (t0 < t1), flipping the term's sign
+        # for backward solves: not supported here
+        ts = eqx.error_if(
+            _save_times(saveat, t1),
+            terms.contr(jnp.zeros_like(t0), jnp.ones_like(t0)) != 1,
+            "`ReplayAdjoint` needs `t0 < t1`.",
+        )
+        static = _Static(
+            solver=_RetractTokens(solver.solver, solver._require_manifold()),
+            controller=_controller(stepsize_controller, ts),
+            t0=t0,
+            t1=t1,
+            ts=ts,
+            dt0=dt0,
+            args=args,
+            max_steps=self.max_steps,
+        )
+        ys, sol = _replay((field, init_state.y), static)
+        return _final_state(init_state, saveat, ts, ys, sol), {}
+
+
+def _is_ode_term(x) -> bool:
+    return isinstance(x, diffrax.ODETerm)
+
+
+def _find_field(terms):
+    found = [x for x in jax.tree.leaves(terms, is_leaf=_is_ode_term)]
+    found = [x for x in found if _is_ode_term(x)]
+    if len(found) != 1:
+        raise ValueError("`ReplayAdjoint` needs one `diffrax.ODETerm`.")
+    return found[0].vector_field
+
+
+def _save_times(saveat: diffrax.SaveAt, t1: Array) -> Array:
+    """The save times of a `SaveAt` that saves `t1` or `ts` (and nothing else)."""
+    sub = saveat.subs
+    if (
+        not isinstance(sub, diffrax.SubSaveAt)
+        or sub.steps
+        or saveat.dense
+        or (sub.ts is None) == (not sub.t1)
+        or sub.t0
+        or getattr(sub.fn, "__name__", None) != "save_y"
+    ):
+        raise ValueError(
+            "`ReplayAdjoint` saves at `t1` or at `ts` only (one `SaveAt(ts=...)` or "
+            "`SaveAt(t1=True)`)."
+        )
+    return jnp.asarray(t1)[None] if sub.t1 else jnp.asarray(sub.ts)
+
+
+def _controller(controller, ts):
+    """The replay's controller: the error norm sees the tokens only (not the radial
+    component), so the steps are those of the plain solve; every save time is a
+    step end."""
+    if isinstance(controller, (diffrax.PIDController, diffrax.ClipStepSizeController)):
+        extra = None
+        if isinstance(controller, diffrax.ClipStepSizeController):
+            if controller.jump_ts is not None:
+                raise ValueError("`ReplayAdjoint` does not support `jump_ts`.")
+            extra, controller = controller.step_ts, controller.controller
+        if not isinstance(controller, diffrax.PIDController):
+            raise ValueError(
+                "`ReplayAdjoint` supports `diffrax.PIDController` and constant steps; "
+                f"got {type(controller).__name__}."
+            )
+        step_ts = (
+            ts if extra is None else jnp.concatenate([jnp.asarray(extra, ts.dtype), ts])
+        )
+        return diffrax.ClipStepSizeController(
+            eqx.tree_at(lambda c: c.norm, controller, _TokensNorm(controller.norm)),
+            step_ts=jnp.sort(step_ts),
+        )
+    if isinstance(controller, diffrax.ConstantStepSize):
+        if ts.shape != (1,):
+            raise ValueError(
+                "`ReplayAdjoint` with a constant step saves the final state only; "
+                "use adaptive steps (tolerances) to save at `ts`."
+            )
+        return controller
+    raise ValueError(
+        "`ReplayAdjoint` supports `diffrax.PIDController` and constant steps; "
+        f"got {type(controller).__name__}."
+    )
+
+
+def _final_state(init_state, saveat, ts, ys, sol):
+    """diffrax's loop state after the solve: the saved `ys` (with the replay's
+    reverse-mode rule), the statistics and result of the forward pass."""
+    # the statistics, result and final state carry no gradient (the saved `ys` do)
+    sol = jax.tree.map(jax.lax.stop_gradient, sol)
+    n_saved = ts.shape[0]
+    save_state = init_state.save_state
+    save_state = eqx.tree_at(
+        lambda s: (s.ts, s.ys, s.save_index, s.saveat_ts_index),
+        save_state,
+        (
+            ts.astype(save_state.ts.dtype),
+            ys.astype(save_state.ys.dtype),
+            jnp.asarray(n_saved, jnp.asarray(save_state.save_index).dtype),
+            jnp.asarray(
+                0 if saveat.subs.t1 else n_saved,
+                jnp.asarray(save_state.saveat_ts_index).dtype,
+            ),
+        ),
+    )
+    t1 = sol.t1
+    return eqx.tree_at(
+        lambda s: (
+            s.y,
+            s.tprev,
+            s.tnext,
+            s.result,
+            s.num_steps,
+            s.num_accepted_steps,
+            s.num_rejected_steps,
+            s.save_state,
+        ),
+        init_state,
+        (
+            cast(tuple, sol.ys)[0][-1],
+            jnp.asarray(t1, jnp.asarray(init_state.tprev).dtype),
+            jnp.asarray(t1, jnp.asarray(init_state.tnext).dtype),
+            sol.result,
+            sol.stats["num_steps"],
+            sol.stats["num_accepted_steps"],
+            sol.stats["num_rejected_steps"],
+            save_state,
+        ),
+    )
 
 
 def _fast_path(field: AbstractField, y0: Array) -> bool:
@@ -113,26 +287,52 @@ class _WithRadial(eqx.Module):
         x, _ = y
         if not self.fast:
             return self.field(t, x, args), jnp.zeros(x.shape[:-1], x.dtype)
-        v = self.field.attention(x)
-        return self.field.manifold.to_tangent(x, v), jnp.sum(x * v, axis=-1)
+        field = cast(SelfAttention, self.field)
+        v = field.attention(x)
+        return field.manifold.to_tangent(x, v), jnp.sum(x * v, axis=-1)
 
 
-class _RetractTokens(Retract):
-    """`Retract` for the state `(x, z)`: retracts `x`, leaves `z` alone."""
+class _RetractTokens(diffrax.AbstractWrappedSolver):
+    """An explicit Runge–Kutta solver on the state `(x, z)` whose steps retract `x`
+    onto `manifold` and leave `z` alone (the replay's forward pass)."""
+
+    solver: diffrax.AbstractSolver
+    manifold: AbstractManifold
+    scan_kind: str | None = None
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
+        return self.solver.interpolation_cls
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return with_scan_kind(self.solver, self.scan_kind).init(terms, t0, t1, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        manifold = self._require_manifold()
-        (x1, z1), y_error, dense_info, solver_state, result = self._inner.step(
+        inner = with_scan_kind(self.solver, self.scan_kind)
+        (x1, z1), y_error, dense_info, solver_state, result = inner.step(
             terms, t0, t1, y0, args, solver_state, made_jump
         )
-        x1 = manifold.retract(y0[0], x1 - y0[0])
+        x1 = self.manifold.retract(y0[0], x1 - y0[0])
         return (x1, z1), y_error, dense_info, solver_state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
 
 
 class _TokensNorm(eqx.Module):
     """The controller's norm applied to the tokens of the state `(x, z)`."""
 
-    norm: object
+    norm: Callable
 
     def __call__(self, y):
         return self.norm(y[0])
@@ -161,7 +361,7 @@ def _attention_pullback(field: SelfAttention, x, f, r, fbar):
     """`(field_bar, x_bar)` of `x -> field(t, x)` at `x` against `fbar`, given the
     output `f` and the radial component `r = <x, v>` (five `n x n x d` products)."""
     dt = x.dtype
-    R2 = jnp.asarray(field.manifold.radius, dt) ** 2
+    R2 = jnp.asarray(cast(Sphere, field.manifold).radius, dt) ** 2
     Q, K, V = (a.astype(dt) for a in (field.Q, field.K, field.V))
     beta = field.beta.astype(dt)
     # tangent projection f = v - <x, v> x / R^2
@@ -217,68 +417,8 @@ def _add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
-def replay_solve(field, y0, *, solver, controller, t0, t1, ts, dt0, args, adjoint):
-    """The body of `solve(..., adjoint=ReplayAdjoint(...))` after validation:
-    returns a `diffrax.Solution` whose `ys` (shape `(len(ts), n, d)`) have the
-    custom reverse-mode rule described in the module docs."""
-    if not isinstance(solver, Retract):
-        raise ValueError(
-            "`ReplayAdjoint` needs `Retract` around an explicit Runge–Kutta solver; "
-            f"got {type(solver).__name__}."
-        )
-    if field.jump_times() is not None:
-        raise ValueError(
-            "`ReplayAdjoint` does not support fields with jump times (layer-wise "
-            "fields); use the default adjoint."
-        )
-    _tableau(solver.solver)  # validates
-    if isinstance(controller, (diffrax.PIDController, diffrax.ClipStepSizeController)):
-        extra = None
-        if isinstance(controller, diffrax.ClipStepSizeController):
-            if controller.jump_ts is not None:
-                raise ValueError("`ReplayAdjoint` does not support `jump_ts`.")
-            extra, controller = controller.step_ts, controller.controller
-        if not isinstance(controller, diffrax.PIDController):
-            raise ValueError(
-                "`ReplayAdjoint` supports `diffrax.PIDController` and constant steps; "
-                f"got {type(controller).__name__}."
-            )
-        # the error norm sees the tokens only (not the radial component), so the
-        # steps are those of the plain solve; every save time is a step end
-        step_ts = (
-            ts if extra is None else jnp.concatenate([jnp.asarray(extra, ts.dtype), ts])
-        )
-        controller = diffrax.ClipStepSizeController(
-            eqx.tree_at(lambda c: c.norm, controller, _TokensNorm(controller.norm)),
-            step_ts=jnp.sort(step_ts),
-        )
-    elif isinstance(controller, diffrax.ConstantStepSize):
-        if ts.shape != (1,):
-            raise ValueError(
-                "`ReplayAdjoint` with a constant step saves the final state only; "
-                "use adaptive steps (tolerances) to save at `ts`."
-            )
-    else:
-        raise ValueError(
-            "`ReplayAdjoint` supports `diffrax.PIDController` and constant steps; "
-            f"got {type(controller).__name__}."
-        )
-    static = _Static(
-        solver=_RetractTokens(solver.solver, solver.manifold),
-        controller=controller,
-        t0=t0,
-        t1=t1,
-        ts=ts,
-        dt0=dt0,
-        args=args,
-        max_steps=adjoint.max_steps,
-    )
-    ys, sol = _replay((field, y0), static)
-    return eqx.tree_at(lambda s: (s.ts, s.ys), sol, (ts, ys))
-
-
 class _Static(eqx.Module):
-    solver: Retract
+    solver: _RetractTokens
     controller: diffrax.AbstractStepSizeController
     t0: Array
     t1: Array
@@ -304,7 +444,7 @@ def _forward(field, y0, static: _Static):
         max_steps=static.max_steps,
         adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=1),
     )
-    interp = sol.interpolation
+    interp = cast(diffrax.DenseInterpolation, sol.interpolation)
     n_steps = interp.ts_size - 1
     step_ts = interp.ts  # step k runs from step_ts[k] to step_ts[k + 1]
     # every saved time is a step end (or t0): where in the step list?
@@ -313,7 +453,7 @@ def _forward(field, y0, static: _Static):
     idx = eqx.error_if(
         idx, ~jnp.all(found), "`ReplayAdjoint`: a save time is not a step end."
     )
-    x_final = sol.ys[0][-1]
+    x_final = cast(tuple, sol.ys)[0][-1]
     starts = interp.infos["y0"][0]
     xs = jnp.where(
         (idx == n_steps)[:, None, None],

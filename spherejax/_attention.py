@@ -3,7 +3,8 @@ r"""Attention weights and attention-weighted sums.
 For one head with parameters `Q, K` (shape `(k, d)`) the scores are
 $s_{ij} = \beta \langle Q x_i, K x_j\rangle$ and the kernel is
 $k_{ij} = w_j m_{ij} e^{s_{ij}}$ (quadrature weights `w`, mask `m`). The four
-normalisations of DESIGN §1a turn the kernel into the attention matrix `A`:
+normalisations (see the maths page of the docs) turn the kernel into the attention
+matrix `A`:
 
 - `"softmax"`: $A_{ij} = k_{ij} / \sum_l k_{il}$ (SA);
 - `"unnormalized"`: $A_{ij} = k_{ij}$ (USA; the weights already sum to one);

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
 
-from ._adjoint import ReplayAdjoint, replay_solve
 from ._field import AbstractField
 from ._misc import is_concrete
 from ._solver.base import AbstractManifoldSolver
@@ -21,24 +20,6 @@ def _progress_meter():
         return diffrax.TqdmProgressMeter()
     except ImportError:
         return diffrax.TextProgressMeter()
-
-
-def saveat_times(saveat: diffrax.SaveAt, t1: jax.Array) -> jax.Array:
-    """The save times of a `SaveAt` that saves `t1` or `ts` (and nothing else)."""
-    sub = saveat.subs
-    if (
-        not isinstance(sub, diffrax.SubSaveAt)
-        or sub.steps
-        or saveat.dense
-        or (sub.ts is None) == (not sub.t1)
-        or sub.t0
-        or getattr(sub.fn, "__name__", None) != "save_y"
-    ):
-        raise ValueError(
-            "`ReplayAdjoint` saves at `t1` or at `ts` only (one `SaveAt(ts=...)` or "
-            "`SaveAt(t1=True)`)."
-        )
-    return t1[None] if sub.t1 else sub.ts
 
 
 def _is_adaptive(solver) -> bool:
@@ -173,19 +154,6 @@ def solve(
         if is_concrete(dt0) and not float(dt0) > 0 and float(t1) > float(t0):
             raise ValueError(f"`dt0` must be positive; got {float(dt0)}.")
 
-    if isinstance(adjoint, ReplayAdjoint):
-        return replay_solve(
-            field,
-            y0,
-            solver=solver,
-            controller=stepsize_controller,
-            t0=t0,
-            t1=t1,
-            ts=saveat_times(saveat, t1),
-            dt0=dt0,
-            args=args,
-            adjoint=adjoint,
-        )
     if adjoint is None:
         adjoint = diffrax.RecursiveCheckpointAdjoint()
     elif (

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._version import __version__
+
 
 MAGIC = "spherejax-model"
 FORMAT_VERSION = 1
@@ -84,8 +86,6 @@ def _is_temporary(name: str) -> bool:
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 

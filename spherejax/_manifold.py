@@ -13,11 +13,27 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
+from ._group import (
+    AbstractLieAlgebra,
+    GramAlgebra,
+    TranslationAlgebra,
+    sphere_rotate,
+)
 from ._misc import cos_sqrt, safe_norm, sinc_sqrt
 
 
 def _dot(u: Array, v: Array) -> Array:
     return jnp.sum(u * v, axis=-1, keepdims=True)
+
+
+def _sphere_along_normal(x, y, centre, radius2):
+    """The point `y + lam (x - c)` of the sphere `|z - c|^2 = R^2` with the root
+    `lam` nearest 0 (`x` on the sphere); NaN when the normal line misses it."""
+    xc, yc = jnp.asarray(x) - centre, jnp.asarray(y) - centre
+    a, b = _dot(xc, xc), _dot(xc, yc)
+    q = _dot(yc, yc) - radius2
+    lam = -q / (b + jnp.sqrt(b * b - a * q))  # rationalised root of a l^2 + 2bl + q
+    return y + lam * xc
 
 
 def _check_positive(name: str, value) -> float:
@@ -33,9 +49,17 @@ def _check_positive(name: str, value) -> float:
 class AbstractManifold(eqx.Module):
     """An embedded submanifold `M` of `R^d`, acting row-wise on `(..., d)` arrays.
 
-    Subclasses implement `project`, `to_tangent`, `exp`, `log`, `transport`,
-    `violation`; `retract` defaults to `project(x + v)` (the metric-projection
-    retraction, which agrees with `exp` to second order).
+    Subclasses implement the geometry every solver may need:
+
+    - `project`, `to_tangent`, `violation` (used by `Retract` and all solvers),
+      `exp`, `log`, `transport` (error estimates, actions, fitting);
+    - `group_exp` (the group action, used by `LieEuler` and the Crouch–Grossman
+      methods) and `lie_algebra` (used by `RKMK4`);
+    - `project_along_normal` (the constrained position step of `Rattle`).
+
+    `retract` defaults to `project(x + v)` (the metric-projection retraction, which
+    agrees with `exp` to second order). See the "Extending" guide for a worked
+    example.
     """
 
     @abc.abstractmethod
@@ -64,6 +88,28 @@ class AbstractManifold(eqx.Module):
     @abc.abstractmethod
     def violation(self, x: ArrayLike) -> Array:
         """Largest constraint error over all rows of `x` (a scalar)."""
+
+    @abc.abstractmethod
+    def group_exp(self, x: ArrayLike, v: ArrayLike, y: ArrayLike) -> Array:
+        r"""Act on the points `y` with $\exp(\xi)$, where $\xi$ is the generator of
+        the manifold's group action that moves `x` with velocity `v` (tangent at
+        `x`): $\xi \cdot x = v$. Row-wise: row `i` of `y` is moved by the generator
+        of row `i` of `(x, v)`. On a sphere this is a rotation in the plane of
+        $x - c$ and $v$ (Rodrigues' formula); in flat space the translation
+        `y + v`. One Lie–Euler step is `group_exp(y0, h f(y0), y0)`."""
+
+    @abc.abstractmethod
+    def lie_algebra(self, y0: Array, m: int) -> AbstractLieAlgebra:
+        """The Lie algebra computations of one Runge–Kutta–Munthe-Kaas step from
+        `y0` (shape `(n, d)`) with up to `m - 1` stage velocities (see
+        `spherejax.AbstractLieAlgebra`)."""
+
+    @abc.abstractmethod
+    def project_along_normal(self, x: ArrayLike, y: ArrayLike) -> Array:
+        """The point of `M` on the affine normal space `y + N_x M` nearest to `y`,
+        for `y` near `x` (SHAKE/RATTLE's position constraint: the Lagrange
+        multiplier moves along the constraint normals at `x`). NaN where that
+        space misses `M`."""
 
     def retract(self, x: ArrayLike, v: ArrayLike) -> Array:
         """Retraction `R_x(v) = project(x + v)`: `R_x(0) = x`, `dR_x(0) = id` on
@@ -147,6 +193,15 @@ class Sphere(AbstractManifold):
     def violation(self, x):
         return jnp.max(jnp.abs(safe_norm(jnp.asarray(x)) - self.radius))
 
+    def group_exp(self, x, v, y):
+        return sphere_rotate(x, v, y, 0.0, float(self.radius) ** 2)
+
+    def lie_algebra(self, y0, m):
+        return GramAlgebra.create(y0, m, 0.0, float(self.radius) ** 2)
+
+    def project_along_normal(self, x, y):
+        return _sphere_along_normal(x, jnp.asarray(y), 0.0, self.radius**2)
+
 
 Sphere.__init__.__doc__ = """**Arguments:**
 
@@ -164,7 +219,8 @@ class LayerNormSphere(AbstractManifold):
 
     a sphere of radius $\sqrt d\,\sigma_2$ centred at $\sigma_1 \mathbf 1$ inside the
     hyperplane $\operatorname{mean}(x) = \sigma_1$. The metric projection is the
-    LayerNorm map $\sigma_2 (v - \operatorname{mean} v) / \operatorname{std} v + \sigma_1$
+    LayerNorm map
+    $\sigma_2 (v - \operatorname{mean} v) / \operatorname{std} v + \sigma_1$
     (population standard deviation). Tangent projection
     $v \mapsto v_0 - \langle y, v_0\rangle y / (d \sigma_2^2)$ with
     $v_0 = v - \operatorname{mean}(v)$ and $y = x - \sigma_1 \mathbf 1$.
@@ -222,6 +278,21 @@ class LayerNormSphere(AbstractManifold):
         norm_err = jnp.abs(safe_norm(x - self.mean) - radius)
         return jnp.maximum(jnp.max(jnp.abs(mean - self.mean)), jnp.max(norm_err))
 
+    def _radius2(self, d: int) -> float:
+        return float(self.std) ** 2 * d
+
+    def group_exp(self, x, v, y):
+        x = jnp.asarray(x)
+        return sphere_rotate(x, v, y, float(self.mean), self._radius2(x.shape[-1]))
+
+    def lie_algebra(self, y0, m):
+        return GramAlgebra.create(y0, m, float(self.mean), self._radius2(y0.shape[-1]))
+
+    def project_along_normal(self, x, y):
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        y = y - (jnp.mean(y, axis=-1, keepdims=True) - self.mean)  # along (1..1)
+        return _sphere_along_normal(x, y, self.mean, self._radius2(x.shape[-1]))
+
 
 LayerNormSphere.__init__.__doc__ = """**Arguments:**
 
@@ -259,6 +330,18 @@ class Euclidean(AbstractManifold):
     def random(self, key, shape, dtype=None):
         dtype = jnp.result_type(float) if dtype is None else dtype
         return jr.normal(key, shape, dtype)
+
+    def group_exp(self, x, v, y):
+        del x
+        return jnp.asarray(y) + jnp.asarray(v)
+
+    def lie_algebra(self, y0, m):
+        del m
+        return TranslationAlgebra(y0)
+
+    def project_along_normal(self, x, y):
+        del x
+        return jnp.asarray(y)
 
 
 Euclidean.__init__.__doc__ = """**Arguments:** None"""

@@ -8,7 +8,8 @@ def safe_norm(v: Array, axis: int = -1, keepdims: bool = False) -> Array:
     """Euclidean norm whose gradient is finite (zero) at `v = 0`.
 
     The double `where` keeps the `sqrt` away from 0 in both the primal and the
-    cotangent computations (NaN-safe at rest points, NOTES pitfall 6).
+    cotangent computations (NaN-safe at rest points: see the numerical contracts
+    in the docs).
     """
     sq = jnp.sum(v * v, axis=axis, keepdims=keepdims)
     positive = sq > 0

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._field import AbstractField, Layerwise, Sum
+from ._group import ProductAlgebra
 from ._manifold import AbstractManifold, Euclidean, Sphere, _dot
 from ._misc import safe_norm
 
@@ -257,6 +258,22 @@ class RadiusSphere(AbstractManifold):
     def violation(self, x):
         _, th = self._split(x)
         return self._sphere.violation(th)
+
+    def group_exp(self, x, v, y):
+        _, th = self._split(x)
+        vr, vth = self._split(v)
+        r, ph = self._split(y)
+        return jnp.concatenate([r + vr, self._sphere.group_exp(th, vth, ph)], axis=-1)
+
+    def lie_algebra(self, y0, m):
+        r, th = self._split(y0)
+        parts = (Euclidean().lie_algebra(r, m), self._sphere.lie_algebra(th, m))
+        return ProductAlgebra(parts, (1, th.shape[-1]))
+
+    def project_along_normal(self, x, y):
+        _, th = self._split(x)
+        r, ph = self._split(y)
+        return jnp.concatenate([r, self._sphere.project_along_normal(th, ph)], axis=-1)
 
     def random(self, key, shape, dtype=None):
         x = super().random(key, shape, dtype)

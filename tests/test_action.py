@@ -199,6 +199,7 @@ def test_rattle_order_against_scipy(getkey):
     assert abs(slope(hs, errs) - 2) < 0.3, errs
 
 
+@pytest.mark.slow  # 6000 steps over [0, 100]
 def test_rattle_constraints_and_energy_over_long_time(getkey):
     M, L, x0, v0 = _rattle_setup(getkey())
     term = diffrax.ODETerm(L.vector_field(M))

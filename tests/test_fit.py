@@ -1,5 +1,6 @@
 """`riemannian`, `fit` and the ready-made losses: synthetic recovery of an attention
-field from its trajectories (judged by held-out velocity error, NOTES pitfall 7)."""
+field from its trajectories (judged by held-out velocity error, see
+docs/contracts.md)."""
 
 import equinox as eqx
 import jax
@@ -82,7 +83,7 @@ def problem():
         )
 
     train, test = paths(keys[3], 8), paths(keys[4], 4)
-    # Q and K enter only through Q^T K and beta only scales it (NOTES pitfall 7):
+    # Q and K enter only through Q^T K and beta only scales it (see docs/contracts.md):
     # fix Q = I and beta, and fit K (= Q^T K) and V, starting from uniform attention
     # and zero values. A filter selects the trainable leaves.
     init = sj.SelfAttention(jnp.eye(D), jnp.zeros((D, D)), jnp.zeros((D, D)), BETA)

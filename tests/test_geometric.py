@@ -1,4 +1,4 @@
-"""Geometric integrators: LieEuler, Crouch–Grossman, RKMK4, splitting (issue 3).
+"""Geometric integrators: LieEuler, Crouch–Grossman, RKMK4, splitting.
 
 References are independent: scipy DOP853 at rtol = atol = 1e-13 on plain-numpy
 fields, and plain-numpy explicit Runge–Kutta steps for the Euclidean checks.
@@ -17,7 +17,7 @@ import scipy.integrate
 from helpers import central_difference, np_attention_velocity, scipy_reference, slope
 
 import spherejax as sj
-from spherejax._solver._lie import expm_small, frame_action
+from spherejax._group import expm_small
 
 
 N, D, BETA = 4, 3, 1.0
@@ -503,9 +503,11 @@ def test_expm_small_gradient_matches_scipy_differences(scale):
         assert abs(grad[k, i, j] - fd) <= 1e-6 * max(1.0, abs(fd))
 
 
-def test_unsupported_manifold_raises():
-    with pytest.raises(ValueError, match="Lie-group solvers"):
-        frame_action(None, 3)
+def test_lie_solver_without_manifold_raises():
+    term = diffrax.ODETerm(lambda t, y, args: y)
+    y0 = jnp.ones((2, 3)) / jnp.sqrt(3.0)
+    with pytest.raises(ValueError, match="needs a `manifold`"):
+        diffrax.diffeqsolve(term, sj.LieEuler(), 0.0, 0.1, 0.05, y0)
 
 
 def test_layernorm_with_nonzero_centre():

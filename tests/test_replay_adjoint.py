@@ -222,3 +222,34 @@ def test_shooting_loss(getkey):
         return eqx.filter_grad(lambda f: loss(f, (ts, paths)))(guess)
 
     _assert_close_trees(grad(sj.ReplayAdjoint(max_steps=1024)), grad(None), 1e-7)
+
+
+def test_diffeqsolve_directly(getkey):
+    # ReplayAdjoint is a diffrax.AbstractAdjoint: diffeqsolve takes it as is and
+    # gives what solve gives (and what diffrax's own adjoint gives)
+    field = _attention(getkey())
+    y0 = sj.Sphere().random(getkey(), (N, D))
+    target = jr.normal(getkey(), (len(TS), N, D))
+    _, ys_solve, g_solve = _grads(field, y0, target, sj.ReplayAdjoint())
+    _, _, g_ref = _grads(field, y0, target, None)
+
+    def loss(field, y0):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(field),
+            sj.Retract(diffrax.Tsit5(), manifold=field.manifold),
+            TS[0],
+            TS[-1],
+            None,
+            y0,
+            saveat=diffrax.SaveAt(ts=TS),
+            stepsize_controller=diffrax.PIDController(**TOL),
+            adjoint=sj.ReplayAdjoint(),
+        )
+        return jnp.sum(sol.ys * target), sol
+
+    (_, sol), g = eqx.filter_value_and_grad(loss, has_aux=True)(field, y0)
+    np.testing.assert_allclose(np.asarray(sol.ys), np.asarray(ys_solve), atol=1e-14)
+    np.testing.assert_allclose(np.asarray(sol.ts), np.asarray(TS), atol=0)
+    assert int(sol.stats["num_accepted_steps"]) >= len(TS) - 1
+    _assert_close_trees(g, g_solve, 1e-13)
+    _assert_close_trees(g, g_ref, 1e-11)

@@ -1,6 +1,8 @@
 """Common pieces of the manifold solvers."""
 
+import abc
 from collections.abc import Callable
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -14,9 +16,19 @@ class AbstractManifoldSolver(diffrax.AbstractSolver):
     `manifold` may be `None` at construction; `spherejax.solve` then fills in the
     field's manifold (`with_manifold`). Calling `diffrax.diffeqsolve` directly needs
     it set.
+
+    Besides diffrax's solver members (`term_structure`, `interpolation_cls`,
+    `order`, `init`, `step`, `func`), a manifold solver implements `single_step`,
+    which the splitting solvers use for their sub-flows.
     """
 
     manifold: eqx.AbstractVar[AbstractManifold | None]
+
+    @abc.abstractmethod
+    def single_step(self, terms, t0, t1, y0, args) -> Any:
+        """One step from `t0` to `t1` starting at `y0`, with no solver state carried
+        in or out (no first-same-as-last reuse); returns the end point on the
+        manifold."""
 
     def with_manifold(self, manifold: AbstractManifold):
         """A copy of this solver acting on `manifold`."""
@@ -34,8 +46,9 @@ class AbstractManifoldSolver(diffrax.AbstractSolver):
 
 
 class ProjectedInterpolation(diffrax.AbstractLocalInterpolation):
-    """Dense output of an inner interpolation, projected onto the manifold
-    (NOTES pitfall 5): every evaluated point lies on `manifold`."""
+    """Dense output of an inner interpolation, projected onto the manifold: every
+    evaluated point lies on `manifold` (diffrax's own interpolants are polynomials
+    in the ambient space, which leave it)."""
 
     inner: diffrax.AbstractLocalInterpolation
     manifold: AbstractManifold

@@ -2,7 +2,7 @@ r"""Crouch–Grossman methods: compositions of exponentials of frozen stage fiel
 
 An `s`-stage Crouch–Grossman (CG) method with coefficients $(a_{ij}, b_j, c_i)$
 takes, with $F_j = \xi(Y_j)$ the generator of the field frozen at stage $j$
-(see `spherejax._solver._lie`),
+(supplied by the manifold's `group_exp`),
 
 $$Y_i = \exp(h a_{i,i-1}F_{i-1}) \cdots \exp(h a_{i1}F_1)\cdot y_0,\qquad
 y_1 = \exp(h b_s F_s) \cdots \exp(h b_1 F_1)\cdot y_0,$$
@@ -66,7 +66,6 @@ class AbstractCrouchGrossman(AbstractLieSolver):
     tableau: ClassVar[CGTableau]
 
     def _advance(self, vf, t0, h, y0, f0, skip_first, fsal):
-        action = self._action(y0)
         manifold = self._require_manifold()
         tab = self.tableau
         s = len(tab.b)
@@ -83,7 +82,7 @@ class AbstractCrouchGrossman(AbstractLieSolver):
             ys, fs = carry
             y = y0
             for j in range(s):
-                y = action.rotate(ys[j], (h * rows[i, j]) * fs[j], y)
+                y = manifold.group_exp(ys[j], (h * rows[i, j]) * fs[j], y)
             y = manifold.project(y)
             f = stage_field(vf, f0, skip_first, i, t0 + nodes[i] * h, y)
             return (ys.at[i].set(y), fs.at[i].set(f)), None
@@ -94,7 +93,7 @@ class AbstractCrouchGrossman(AbstractLieSolver):
             y = y0
             for j, w in enumerate(weights):
                 if w != 0.0:
-                    y = action.rotate(ys[j], (h * w) * fs[j], y)
+                    y = manifold.group_exp(ys[j], (h * w) * fs[j], y)
             return y
 
         estimate = isinstance(self, diffrax.AbstractAdaptiveSolver)
@@ -106,8 +105,8 @@ class AbstractCrouchGrossman(AbstractLieSolver):
 
 _doc_args = """**Arguments:**
 
-- `manifold`: `Sphere`, `LayerNormSphere` or `Euclidean`; `None` lets
-  `spherejax.solve` take it from the field.
+- `manifold`: any manifold (it supplies the group action `group_exp`); `None`
+  lets `spherejax.solve` take it from the field.
 """
 
 
@@ -115,7 +114,8 @@ class CG2(AbstractCrouchGrossman):
     r"""Second-order Crouch–Grossman method with the explicit-midpoint tableau
 
     $$c = (0, \tfrac12),\quad a_{21} = \tfrac12,\quad b = (0, 1):\qquad
-    y_1 = \exp\big(h\,\xi(Y_2)\big)\cdot y_0,\ Y_2 = \exp\big(\tfrac h2 \xi(y_0)\big)\cdot y_0.$$
+    y_1 = \exp\big(h\,\xi(Y_2)\big)\cdot y_0,\
+    Y_2 = \exp\big(\tfrac h2 \xi(y_0)\big)\cdot y_0.$$
 
     Up to order 2 the Crouch–Grossman order conditions are the classical ones, so any
     second-order two-stage Runge–Kutta tableau works (Owren–Marthinsen 1999).

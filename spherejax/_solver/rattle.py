@@ -1,5 +1,5 @@
 r"""`Rattle`: a constrained velocity-Verlet (RATTLE) solver on the tangent bundle of a
-sphere-like manifold."""
+manifold."""
 
 from collections.abc import Callable
 from typing import ClassVar
@@ -8,19 +8,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from .._manifold import AbstractManifold, Euclidean, LayerNormSphere, Sphere
+from .._manifold import AbstractManifold
 from .base import AbstractManifoldSolver
-
-
-def _centre_radius(manifold: AbstractManifold, x: jax.Array):
-    if isinstance(manifold, Sphere):
-        return 0.0, manifold.radius
-    if isinstance(manifold, LayerNormSphere):
-        return manifold.mean, manifold.std * x.shape[-1] ** 0.5
-    raise ValueError(
-        "`Rattle` supports `Sphere`, `LayerNormSphere` and `Euclidean`; got "
-        f"{manifold}."
-    )
 
 
 class TangentBundleInterpolation(diffrax.AbstractLocalInterpolation):
@@ -48,31 +37,33 @@ class TangentBundleInterpolation(diffrax.AbstractLocalInterpolation):
 class Rattle(AbstractManifoldSolver):
     r"""RATTLE (Andersen 1983): velocity Verlet with holonomic constraints, for the
     second-order Euler–Lagrange equation $\ddot x = P_x F(t, x) + \text{constraint
-    force}$ on $M = \{x : |x - c| = r\}$ (`Sphere`, `LayerNormSphere`) or
-    `Euclidean` space. The state is the pair `y = (x, v)` with `v` tangent at `x`.
+    force}$ on a manifold $M$. The state is the pair `y = (x, v)` with `v` tangent
+    at `x`.
 
     One step of size `h`, with $F_0 = P_{x_0} F(t_0, x_0)$:
 
     $$w = v_0 + \tfrac h2 F_0,\qquad
-    x_1 = c + \sqrt{1 - h^2 |w|^2 / r^2}\,(x_0 - c) + h w,$$
+    x_1 = x_0 + h w + \lambda,\ \lambda \in N_{x_0}M,\ x_1 \in M,$$
     $$v_1 = P_{x_1}\Big(\frac{x_1 - x_0}{h} + \tfrac h2 F(t_1, x_1)\Big).$$
 
-    The position update is RATTLE's with its Lagrange multiplier solved in closed
-    form (the multiplier's direction $x_0 - c$ is orthogonal to $w$), and the
-    velocity update is RATTLE's with the second multiplier (the orthogonal
-    projection). On `LayerNormSphere` the hyperplane constraint is linear and is
-    kept by projecting the force. Properties:
+    The position update is RATTLE's with its Lagrange multiplier $\lambda$ along
+    the constraint normals at $x_0$ (`AbstractManifold.project_along_normal`; on a
+    sphere $|x - c| = r$ it is closed form,
+    $x_1 = c + \sqrt{1 - h^2 |w|^2 / r^2}\,(x_0 - c) + h w$), and the velocity
+    update is RATTLE's with the second multiplier (the orthogonal projection). On
+    `LayerNormSphere` the hyperplane constraint is linear and is kept by projecting
+    the force; on `Euclidean()` the method is velocity Verlet. Properties:
 
     - order 2 (`order = 2`), symmetric (time-reversible) and symplectic on the
       constrained phase space $T^*M$;
-    - $|x - c| = r$ and $\langle x - c, v\rangle = 0$ hold to round-off at every step
+    - the constraints and $v \in T_xM$ hold to round-off at every step
       (`x` is re-projected to stop round-off from accumulating);
     - hence the energy $H = \frac12|v|^2 - U(x)$ of a conservative force
       $F = \nabla U$ is not conserved exactly but its error stays $O(h^2)$, with no
       drift, over exponentially long times (backward error analysis);
     - one force evaluation a step (the force at $x_1$ is reused, first same as
       last); no error estimate, so use a constant step `dt0`;
-    - the step needs $h|w| < r$ (else the square root is NaN).
+    - on a sphere the step needs $h|w| < r$ (else the position is NaN).
 
     **The term.** Pass `diffrax.ODETerm(f)` with `f(t, (x, v), args) -> (v, a)` the
     first-order form of the equation, e.g. `KineticPotential(U).vector_field(M)`.
@@ -93,7 +84,9 @@ class Rattle(AbstractManifoldSolver):
     term_structure: ClassVar = diffrax.AbstractTerm
 
     @property
-    def interpolation_cls(self) -> Callable[..., TangentBundleInterpolation]:
+    def interpolation_cls(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+    ) -> Callable[..., TangentBundleInterpolation]:
         manifold = self._require_manifold()
 
         def make(*, t0, t1, y0, y1):
@@ -123,18 +116,17 @@ class Rattle(AbstractManifoldSolver):
         )
         h = terms.contr(t0, t1)
         w = v0 + 0.5 * h * f0
-        if isinstance(manifold, Euclidean):
-            x1 = x0 + h * w
-        else:
-            c, r = _centre_radius(manifold, x0)
-            ww = jnp.sum(w * w, axis=-1, keepdims=True)
-            scale = jnp.sqrt(1 - h**2 * ww / r**2)
-            x1 = manifold.project(c + scale * (x0 - c) + h * w)
+        x1 = manifold.project(manifold.project_along_normal(x0, x0 + h * w))
         f1 = self._force(terms, t1, x1, args)
         v1 = manifold.to_tangent(x1, (x1 - x0) / h + 0.5 * h * f1)
         y1 = (x1, v1)
         dense_info = dict(y0=y0, y1=y1)
         return y1, None, dense_info, f1, diffrax.RESULTS.successful
+
+    def single_step(self, terms, t0, t1, y0, args):
+        state = self.init(terms, t0, t1, y0, args)
+        y1, _, _, _, _ = self.step(terms, t0, t1, y0, args, state, True)
+        return y1
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -142,5 +134,7 @@ class Rattle(AbstractManifoldSolver):
 
 Rattle.__init__.__doc__ = """**Arguments:**
 
-- `manifold`: `Sphere`, `LayerNormSphere` or `Euclidean` (where `x` lives).
+- `manifold`: where `x` lives: any manifold (it supplies the constrained position
+  step `project_along_normal`); `None` lets `spherejax.solve` take it from the
+  field.
 """

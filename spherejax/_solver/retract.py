@@ -8,6 +8,24 @@ from .._manifold import AbstractManifold
 from .base import AbstractManifoldSolver, projected_interpolation_cls
 
 
+def with_scan_kind(
+    solver: diffrax.AbstractSolver, scan_kind: str | None
+) -> diffrax.AbstractSolver:
+    """`solver` with its stage loop's `scan_kind` set (when given and `solver` is a
+    Runge–Kutta solver).
+
+    diffrax's adjoints set `scan_kind` on Runge–Kutta solvers to support forward-
+    and reverse-mode autodiff; they see a wrapper of one as a Runge–Kutta solver
+    (`diffrax.AbstractWrappedSolver`'s isinstance rule) and set it on the wrapper,
+    which forwards it with this function.
+    """
+    if scan_kind is None or not isinstance(solver, diffrax.AbstractRungeKutta):
+        return solver
+    return eqx.tree_at(
+        lambda s: s.scan_kind, solver, scan_kind, is_leaf=lambda x: x is None
+    )
+
+
 class Retract(AbstractManifoldSolver, diffrax.AbstractWrappedSolver):
     r"""Wrap an explicit diffrax solver so every step ends on the manifold.
 
@@ -58,24 +76,14 @@ class Retract(AbstractManifoldSolver, diffrax.AbstractWrappedSolver):
 
     @property
     def _inner(self) -> diffrax.AbstractSolver:
-        # diffrax's adjoints set `scan_kind` on Runge–Kutta solvers to support
-        # forward- and reverse-mode autodiff; they see this wrapper as a
-        # Runge–Kutta solver (wrapped isinstance) and set it here: forward it.
-        if self.scan_kind is not None and hasattr(self.solver, "scan_kind"):
-            return eqx.tree_at(
-                lambda s: s.scan_kind,
-                self.solver,
-                self.scan_kind,
-                is_leaf=lambda x: x is None,
-            )
-        return self.solver
+        return with_scan_kind(self.solver, self.scan_kind)
 
     @property
     def term_structure(self):
         return self.solver.term_structure
 
     @property
-    def interpolation_cls(self):
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return projected_interpolation_cls(
             self.solver.interpolation_cls, self._require_manifold()
         )
@@ -102,6 +110,11 @@ class Retract(AbstractManifoldSolver, diffrax.AbstractWrappedSolver):
         )
         y1 = manifold.retract(y0, y1 - y0)
         return y1, y_error, dense_info, solver_state, result
+
+    def single_step(self, terms, t0, t1, y0, args):
+        state = self.init(terms, t0, t1, y0, args)
+        y1, _, _, _, _ = self.step(terms, t0, t1, y0, args, state, False)
+        return y1
 
     def func(self, terms, t0, y0, args):
         return self.solver.func(terms, t0, y0, args)

@@ -1,11 +1,12 @@
 r"""Runge–Kutta–Munthe-Kaas methods through the action of `SO(d)` on the sphere."""
 
 import diffrax
+import jax
 import jax.lax as lax
 import jax.numpy as jnp
 
 from .._manifold import AbstractManifold
-from ._lie import AbstractLieSolver, GramAlgebra, stage_field
+from ._lie import AbstractLieSolver, stage_field
 
 
 # Classical RK4 (Kutta 1901); the fifth, first-same-as-last stage gives the embedded
@@ -28,13 +29,15 @@ class RKMK4(AbstractLieSolver, diffrax.AbstractAdaptiveSolver):
     r"""The fourth-order Runge–Kutta–Munthe-Kaas method with the classical RK4
     tableau and an embedded third-order error estimate.
 
-    With $\xi(y)$ the generator of the field at $y$ (`spherejax._solver._lie`),
+    With $\xi(y)$ the generator of the field at $y$ (the manifold's group action,
+    `AbstractManifold.lie_algebra`),
 
     $$u_i = \sum_j a_{ij} k_j,\quad
     k_i = \operatorname{dexp}^{-1}_{u_i}\big(h\,\xi(e^{u_i}\cdot y_0)\big),\quad
     y_1 = e^{\sum_j b_j k_j}\cdot y_0,$$
 
-    with $\operatorname{dexp}^{-1}_u(F) \approx F - \tfrac12[u, F] + \tfrac1{12}[u,[u,F]]$
+    with
+    $\operatorname{dexp}^{-1}_u(F) \approx F - \tfrac12[u, F] + \tfrac1{12}[u,[u,F]]$
     (the series truncated after $\operatorname{ad}_u^{p-2}$, which keeps order
     $p = 4$; Munthe-Kaas 1999). All $u_i$, $k_i$ lie in $\{V S V^\top\}$ with
     $V = [y_0 - c, f_1, \dots, f_5]$, so brackets and exponentials are `6 x 6`
@@ -69,34 +72,40 @@ class RKMK4(AbstractLieSolver, diffrax.AbstractAdaptiveSolver):
 
     def _advance(self, vf, t0, h, y0, f0, skip_first, fsal):
         manifold = self._require_manifold()
-        alg = GramAlgebra.create(self._action(y0), y0, m=len(_NODES) + 1)
+        alg = manifold.lie_algebra(y0, len(_NODES) + 1)
         start = alg.start()
         rows = jnp.asarray(_ROWS, y0.dtype)
         nodes = jnp.asarray(_NODES, y0.dtype)
         num = len(_NODES) if fsal else len(_NODES) - 1
-        ks = jnp.zeros((len(_NODES),) + alg.zero().shape, y0.dtype)
+        ks = jax.tree.map(
+            lambda z: jnp.zeros((len(_NODES),) + z.shape, z.dtype), alg.zero()
+        )
+
+        def combine(weights, ks):
+            return jax.tree.map(lambda k: jnp.tensordot(weights, k, axes=1), ks)
 
         def body(carry, i):
             alg, ks = carry
-            u = jnp.tensordot(rows[i], ks, axes=1)
-            coeffs = alg.act(u, start)
-            y = manifold.project(alg.point(coeffs))
+            u = combine(rows[i], ks)
+            point = alg.act(u, start)
+            y = manifold.project(alg.to_ambient(point))
             f = stage_field(vf, f0, skip_first, i, t0 + nodes[i] * h, y)
             alg = alg.add_velocity(i + 1, f)
-            k = alg.dexpinv(u, alg.generator(i + 1, coeffs, f, h), _P)
-            return (alg, ks.at[i].set(k)), (y, f)
+            k = alg.dexpinv(u, alg.generator(i + 1, point, f, h), _P)
+            ks = jax.tree.map(lambda ks_, k_: ks_.at[i].set(k_), ks, k)
+            return (alg, ks), (y, f)
 
         (alg, ks), (ys, fs) = lax.scan(body, (alg, ks), jnp.arange(num))
         if not fsal:
-            w = jnp.tensordot(rows[-1], ks, axes=1)
-            return alg.point(alg.act(w, start)), None, fs[0], None
-        w_hat = jnp.tensordot(jnp.asarray(_B_HAT, y0.dtype), ks, axes=1)
-        y1_hat = alg.point(alg.act(w_hat, start))
+            w = combine(rows[-1], ks)
+            return alg.to_ambient(alg.act(w, start)), None, fs[0], None
+        w_hat = combine(jnp.asarray(_B_HAT, y0.dtype), ks)
+        y1_hat = alg.to_ambient(alg.act(w_hat, start))
         return ys[-1], y1_hat, fs[0], fs[-1]
 
 
 RKMK4.__init__.__doc__ = """**Arguments:**
 
-- `manifold`: `Sphere`, `LayerNormSphere` or `Euclidean`; `None` lets
-  `spherejax.solve` take it from the field.
+- `manifold`: any manifold (it supplies the step's algebra `lie_algebra`);
+  `None` lets `spherejax.solve` take it from the field.
 """

@@ -1,37 +1,44 @@
 r"""Operator splitting: Lie–Trotter and Strang compositions of sub-flows."""
 
+import abc
+
 import diffrax
-import equinox as eqx
 import jax
 
 from .._field import AbstractField, Sum
 from .._manifold import AbstractManifold
-from ._lie import AbstractLieSolver
 from .base import AbstractManifoldSolver, projected_interpolation_cls
 from .retract import Retract
 from .rkmk import RKMK4
 
 
+def _is_ode_term(x) -> bool:
+    return isinstance(x, diffrax.ODETerm)
+
+
 def _find_field(term):
-    while not isinstance(term, diffrax.ODETerm):
-        if not hasattr(term, "term"):
-            raise ValueError(
-                f"splitting solvers need a `diffrax.ODETerm`; got {type(term).__name__}."
-            )
-        term = term.term
-    return term.vector_field
+    """The vector field of the one `diffrax.ODETerm` inside `term` (which may be
+    wrapped, e.g. by diffrax's direction wrapper)."""
+    found = [x for x in jax.tree.leaves(term, is_leaf=_is_ode_term) if _is_ode_term(x)]
+    if len(found) != 1:
+        raise ValueError(
+            f"splitting solvers need one `diffrax.ODETerm`; got {type(term).__name__}."
+        )
+    return found[0].vector_field
 
 
 def _replace_field(term, field):
     """The same term structure (e.g. diffrax's direction wrapper) around `field`."""
-    if isinstance(term, diffrax.ODETerm):
-        return diffrax.ODETerm(field)
-    return eqx.tree_at(lambda t: t.term, term, _replace_field(term.term, field))
+    return jax.tree.map(
+        lambda x: diffrax.ODETerm(field) if _is_ode_term(x) else x,
+        term,
+        is_leaf=_is_ode_term,
+    )
 
 
 class _AbstractSplitting(AbstractManifoldSolver):
     fields: tuple[AbstractField, ...]
-    solver: diffrax.AbstractSolver
+    solver: AbstractManifoldSolver
     manifold: AbstractManifold | None
 
     term_structure = diffrax.ODETerm
@@ -53,13 +60,13 @@ class _AbstractSplitting(AbstractManifoldSolver):
         if not isinstance(solver, diffrax.AbstractSolver):
             raise ValueError(f"`solver` must be a diffrax solver; got {solver!r}.")
         if not isinstance(solver, AbstractManifoldSolver):
-            solver = Retract(solver)
+            solver = Retract(solver=solver)
         self.fields = tuple(fields)
         self.solver = solver
         self.manifold = manifold
 
     @property
-    def interpolation_cls(self):
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
         return projected_interpolation_cls(
             diffrax.LocalLinearInterpolation, self._require_manifold()
         )
@@ -84,17 +91,12 @@ class _AbstractSplitting(AbstractManifoldSolver):
     def _substep(self, inner, terms, part, ta, tb, y, args):
         """One step of the inner solver for the flow of `part` from `ta` to `tb`."""
         sub = _replace_field(terms, part)
-        if isinstance(inner, AbstractLieSolver):
-            vf = lambda t, z: sub.vf(t, z, args)  # noqa: E731
-            h = sub.contr(ta, tb)
-            y1, _, _, _ = inner._advance(vf, ta, h, y, None, False, False)
-        else:
-            state = inner.init(sub, ta, tb, y, args)
-            y1, _, _, _, _ = inner.step(sub, ta, tb, y, args, state, False)
+        y1 = inner.single_step(sub, ta, tb, y, args)
         return inner._require_manifold().project(y1)
 
+    @abc.abstractmethod
     def _compose(self, inner, terms, parts, t0, t1, y0, args):
-        raise NotImplementedError
+        """The composition of sub-flows making one step."""
 
     def init(self, terms, t0, t1, y0, args):
         del terms, t0, t1, y0, args
@@ -110,6 +112,10 @@ class _AbstractSplitting(AbstractManifoldSolver):
         inner = self._inner(manifold)
         y1 = self._compose(inner, terms, self._parts(terms), t0, t1, y0, args)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
+
+    def single_step(self, terms, t0, t1, y0, args):
+        y1, _, _, _, _ = self.step(terms, t0, t1, y0, args, None, False)
+        return y1
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
