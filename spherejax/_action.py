@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import Checks
 from ._field import AbstractField
 from ._manifold import AbstractManifold
 
@@ -178,7 +179,13 @@ def _check_path(path, ts) -> tuple[Array, Array]:
         )
     if path.shape[0] < 2:
         raise ValueError("`path` needs at least two time points.")
-    return path, ts
+    checks = Checks()
+    checks.finite("ts", ts)
+    checks.fail_or_defer(
+        jnp.diff(ts) > 0,
+        "`ts` must be strictly increasing.",
+    )
+    return checks.attach((path, ts))
 
 
 def _check_lagrangian(lagrangian, manifold):

@@ -20,10 +20,23 @@ def clusters(x: Float[ArrayLike, "n d"], tol: float = 1e-3) -> np.ndarray:
     """Cluster labels `0..c-1` (in order of first appearance).
 
     Tokens `i, j` are linked when `1 - cos(x_i, x_j) <= tol`; clusters are the
-    connected components of that graph.
+    connected components of that graph. Non-finite or zero tokens raise
+    `ValueError` (their cluster is undefined).
     """
     if not tol >= 0:
         raise ValueError(f"`tol` must be non-negative; got {tol}.")
+    x_np = np.asarray(x)
+    if x_np.ndim != 2:
+        raise ValueError(f"`x` must have shape `(n, d)`; got {x_np.shape}.")
+    if not np.all(np.isfinite(x_np)):
+        bad = np.unique(np.argwhere(~np.isfinite(x_np))[:, 0])
+        raise ValueError(f"`x` contains NaN or inf (tokens {bad.tolist()[:10]}).")
+    zero = np.flatnonzero(~np.any(x_np != 0, axis=-1))
+    if zero.size:
+        raise ValueError(
+            f"`x` has zero tokens (rows {zero.tolist()[:10]}): their direction, "
+            "hence their cluster, is undefined."
+        )
     close = np.asarray(1 - pairwise_cosines(x)) <= tol
     n = close.shape[0]
     labels = -np.ones(n, dtype=int)
