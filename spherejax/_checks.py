@@ -282,10 +282,9 @@ def _all_finite(tree) -> Array:
 
 
 def _nonfinite_result(pred, result):
+    nonfinite: diffrax.RESULTS = diffrax.RESULTS.nonfinite  # pyright: ignore
     return diffrax.RESULTS.where(
-        pred & (result == diffrax.RESULTS.successful),
-        diffrax.RESULTS.nonfinite,
-        result,
+        pred & (result == diffrax.RESULTS.successful), nonfinite, result
     )
 
 
@@ -297,6 +296,9 @@ class FiniteSteps(diffrax.AbstractStepSizeController):
     is one reduction over the state per step."""
 
     controller: diffrax.AbstractStepSizeController
+
+    def __init__(self, controller: diffrax.AbstractStepSizeController):
+        self.controller = controller
 
     def wrap(self, direction):
         return FiniteSteps(self.controller.wrap(direction))
@@ -325,6 +327,9 @@ class FiniteAdaptiveSteps(diffrax.AbstractAdaptiveStepSizeController):
     reduction over the state per step."""
 
     controller: diffrax.AbstractAdaptiveStepSizeController
+
+    def __init__(self, controller: diffrax.AbstractAdaptiveStepSizeController):
+        self.controller = controller
 
     @property
     def rtol(self):

@@ -1,6 +1,8 @@
 """Diagnostics of token configurations: cosines, clusters, and GLPR's equiangular
 reference ODE."""
 
+from typing import cast
+
 import diffrax
 import jax.numpy as jnp
 import numpy as np
@@ -50,7 +52,7 @@ def clusters(x: Float[ArrayLike, "n d"], tol: float = 1e-3) -> np.ndarray:
             j = stack.pop()
             for k in np.nonzero(close[j] & (labels < 0))[0]:
                 labels[k] = current
-                stack.append(k)
+                stack.append(int(k))
         current += 1
     return labels
 
@@ -75,29 +77,35 @@ def equiangular(
     With `Q = K = V = I`, `n` tokens with `<x_i, x_j> = rho` for all `i != j` stay
     equiangular, and
 
-    - SA: $\rho' = \dfrac{2 e^{\beta\rho}(1-\rho)((n-1)\rho+1)}{e^\beta + (n-1)e^{\beta\rho}}$,
+    - SA: $\rho' = \dfrac{2 e^{\beta\rho}(1-\rho)((n-1)\rho+1)}
+      {e^\beta + (n-1)e^{\beta\rho}}$,
     - USA: $\rho' = \tfrac{2}{n} e^{\beta\rho}(1-\rho)((n-1)\rho+1)$.
 
     Solved with `diffrax.Dopri8` at tight tolerances from `ts[0]`.
     """
     ts = jnp.asarray(ts, dtype=jnp.result_type(float))
-    beta = jnp.asarray(beta, ts.dtype)
+    beta_t = jnp.asarray(beta, ts.dtype)
     if normalization == "softmax":
 
         def rhs(t, rho, args):
-            e = jnp.exp(beta * rho)
+            e = jnp.exp(beta_t * rho)
             return (
-                2 * e * (1 - rho) * ((n - 1) * rho + 1) / (jnp.exp(beta) + (n - 1) * e)
+                2
+                * e
+                * (1 - rho)
+                * ((n - 1) * rho + 1)
+                / (jnp.exp(beta_t) + (n - 1) * e)
             )
 
     elif normalization == "unnormalized":
 
         def rhs(t, rho, args):
-            return 2 / n * jnp.exp(beta * rho) * (1 - rho) * ((n - 1) * rho + 1)
+            return 2 / n * jnp.exp(beta_t * rho) * (1 - rho) * ((n - 1) * rho + 1)
 
     else:
         raise ValueError(
-            f"`normalization` must be 'softmax' or 'unnormalized'; got {normalization!r}."
+            "`normalization` must be 'softmax' or 'unnormalized'; got "
+            f"{normalization!r}."
         )
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(rhs),
@@ -110,4 +118,4 @@ def equiangular(
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=100_000,
     )
-    return sol.ys
+    return cast(Array, sol.ys)

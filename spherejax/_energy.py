@@ -26,7 +26,9 @@ def interaction_energy(
     log: bool = False,
     shifted: bool = False,
 ) -> Float[Array, ""]:
-    r"""$E_\beta(X) = \frac{1}{2\beta}\sum_{i,j} w_i w_j\, e^{\beta\langle x_i, D x_j\rangle}$.
+    r"""The interaction energy
+    $E_\beta(X) = \frac{1}{2\beta}\sum_{i,j} w_i w_j\,
+    e^{\beta\langle x_i, D x_j\rangle}$.
 
     With `Q = K = V = I` and uniform weights, unnormalised self-attention (USA) is
     the Riemannian gradient ascent of `E` scaled by `n`:

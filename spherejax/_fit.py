@@ -8,7 +8,7 @@ respect to the model's trainable leaves.
 
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import diffrax
 import equinox as eqx
@@ -135,7 +135,9 @@ def fit(
     def step(params, opt_state, data):
         value, grads = jax.value_and_grad(loss_params)(params, data)
         if extra_args:  # e.g. optax.lbfgs: line searches need the loss itself
-            updates, opt_state = optimizer.update(
+            updates, opt_state = cast(
+                optax.GradientTransformationExtraArgs, optimizer
+            ).update(
                 grads,
                 opt_state,
                 params,
@@ -203,7 +205,8 @@ class TrackingLoss(eqx.Module):
 class ShootingLoss(eqx.Module):
     r"""Trajectory matching through `spherejax.solve` (shooting):
 
-    $$\ell(X) = \frac{1}{B\, T\, n} \sum_{b, k, i} |\phi^X_{t_k}(x^b_0)_i - x^b_{k, i}|^2,$$
+    $$\ell(X) = \frac{1}{B\, T\, n}
+    \sum_{b, k, i} |\phi^X_{t_k}(x^b_0)_i - x^b_{k, i}|^2,$$
 
     with $\phi^X$ the flow of the field, solved from each observed initial state and
     saved at the observation times. Gradients go through the solver (default
@@ -234,7 +237,7 @@ class ShootingLoss(eqx.Module):
                 ts=ts,
                 solver=self.solver,
                 dt0=self.dt0,
-                adjoint=self.adjoint,
+                adjoint=cast(diffrax.AbstractAdjoint | None, self.adjoint),
                 rtol=self.rtol,
                 atol=self.atol,
             )
@@ -275,8 +278,9 @@ class EndpointLoss(eqx.Module):
                 dt0=self.dt0,
                 adjoint=self.adjoint,
             )
-            mismatch = jnp.sum((sol.ys[-1] - b) ** 2)
-            energy = action(sol.ys, ts, Kinetic(), field.manifold)
+            ys = cast(Array, sol.ys)
+            mismatch = jnp.sum((ys[-1] - b) ** 2)
+            energy = action(ys, ts, Kinetic(), field.manifold)
             return (mismatch + self.kinetic * energy) / a.shape[0]
 
         return jnp.mean(jax.vmap(one)(x0, x1))

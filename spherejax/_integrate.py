@@ -1,5 +1,7 @@
 """`solve`: a thin `diffrax.diffeqsolve` wrapper for attention flows."""
 
+from typing import cast
+
 import diffrax
 import equinox as eqx
 import jax
@@ -39,7 +41,7 @@ def saveat_times(saveat: diffrax.SaveAt, t1: jax.Array) -> jax.Array:
             "`ReplayAdjoint` saves at `t1` or at `ts` only (one `SaveAt(ts=...)` or "
             "`SaveAt(t1=True)`)."
         )
-    return t1[None] if sub.t1 else sub.ts
+    return t1[None] if sub.t1 else cast(jax.Array, sub.ts)
 
 
 _NONFINITE = diffrax.RESULTS.nonfinite
@@ -109,7 +111,8 @@ def solve(
       inspect `sol.result` instead (`diffrax.RESULTS.nonfinite` for the NaN policy
       below, `max_steps_reached`, ...).
 
-    **Returns:** a `diffrax.Solution` (`sol.ts`, `sol.ys` of shape `(T, n, d)`, `sol.stats`).
+    **Returns:** a `diffrax.Solution` (`sol.ts`, `sol.ys` of shape `(T, n, d)`,
+    `sol.stats`, `sol.result`).
 
     Times are cast to `y0`'s dtype, so a float32 `y0` gives a float32 solve.
 
@@ -158,8 +161,8 @@ def solve(
             err = float(manifold.violation(y0))
         if err > tol:
             raise ValueError(
-                f"`y0` is off the manifold {manifold} by {err:.3g} (tolerance {tol:.1g}); "
-                "project it first or pass `project=True`."
+                f"`y0` is off the manifold {manifold} by {err:.3g} "
+                f"(tolerance {tol:.1g}); project it first or pass `project=True`."
             )
     else:
         tol = jnp.sqrt(jnp.finfo(dtype).eps) * jnp.maximum(1.0, jnp.max(jnp.abs(y0)))
@@ -170,13 +173,13 @@ def solve(
         )
 
     if solver is None:
-        solver = Retract(diffrax.Tsit5())
+        solver = Retract(solver=diffrax.Tsit5())
     if not isinstance(solver, diffrax.AbstractSolver):
         raise ValueError(
             f"`solver` must be a diffrax solver; got {type(solver).__name__}."
         )
     if not isinstance(solver, AbstractManifoldSolver):
-        solver = Retract(solver)
+        solver = Retract(solver=solver)
     if solver.manifold is None:
         solver = solver.with_manifold(manifold)
     elif solver.manifold != manifold:
@@ -203,14 +206,17 @@ def solve(
         if dt0 is not None:
             stepsize_controller = diffrax.ConstantStepSize()
         elif _is_adaptive(solver):
-            scale = max(1.0, _token_scale(y0))
+            scale = max(1.0, _token_scale(jnp.asarray(y0)))
             _checks.tolerances(checks, rtol, atol, dtype, scale)
             stepsize_controller = diffrax.PIDController(
-                rtol=rtol, atol=atol, jump_ts=field.jump_times()
+                rtol=rtol,
+                atol=atol,
+                jump_ts=field.jump_times(),  # pyright: ignore[reportCallIssue]
             )
         else:
             raise ValueError(
-                f"`{type(solver).__name__}` has no error estimate: pass a step size `dt0`."
+                f"`{type(solver).__name__}` has no error estimate: pass a step size "
+                "`dt0`."
             )
     if dt0 is not None:
         dt0 = _checks.real_floating("dt0", dt0).astype(dtype)
@@ -251,7 +257,7 @@ def solve(
 
     return diffrax.diffeqsolve(
         diffrax.ODETerm(field),
-        solver,
+        cast(diffrax.AbstractSolver, solver),
         t0,
         t1,
         dt0,

@@ -2,6 +2,8 @@
 correct result (checked against an independent reference: closed forms, mpmath,
 scipy) or an error that names the argument, also under `jit`."""
 
+from typing import cast
+
 import diffrax
 import equinox as eqx
 import jax
@@ -90,7 +92,7 @@ def test_solve_rejects_concrete_nan_parameters(tokens, name):
 
 @eqx.filter_jit
 def _final(field, y0, t1):
-    return sj.solve(field, y0, t1).ys[-1]
+    return cast(jax.Array, sj.solve(field, y0, t1).ys)[-1]
 
 
 def test_solve_traced_checks(field, tokens):
@@ -129,7 +131,7 @@ def test_solve_traced_weights_and_ts(tokens):
 
     @eqx.filter_jit
     def run(field, ts):
-        return sj.solve(field, tokens, 1.0, ts=ts).ys
+        return cast(jax.Array, sj.solve(field, tokens, 1.0, ts=ts).ys)
 
     ts = jnp.asarray([0.0, 0.5, 1.0])
     assert np.all(np.isfinite(run(f, ts)))
@@ -189,12 +191,12 @@ class _RotationWithWall(sj.AbstractField):
 
 def test_adaptive_recovers_from_a_nonfinite_trial_step(tokens):
     A = jnp.asarray([[0.0, 1.0, -0.5], [-1.0, 0.0, 2.0], [0.5, -2.0, 0.0]])
-    f = _RotationWithWall(A)
+    f = _RotationWithWall(A=A)
     controller = diffrax.PIDController(rtol=1e-10, atol=1e-12)
     sol = sj.solve(f, tokens, 1.0, dt0=5.0, stepsize_controller=controller)
     assert int(sol.stats["num_rejected_steps"]) >= 1  # the first trial hit the wall
     ref = np.asarray(tokens) @ scipy.linalg.expm(np.asarray(A)).T
-    np.testing.assert_allclose(sol.ys[-1], ref, atol=1e-8)
+    np.testing.assert_allclose(cast(jax.Array, sol.ys)[-1], ref, atol=1e-8)
 
 
 # --------------------------------------------------------------------------
