@@ -14,6 +14,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, PyTree
 
@@ -120,6 +121,9 @@ def fit(
 
     **Returns:** `(model, losses)`: the fitted model and the loss before each step,
     shape `(steps,)`.
+
+    A loss that becomes NaN or inf stops the run (checked every tenth of it and at
+    the last step) with a `FloatingPointError` naming the first non-finite step.
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"`steps` must be a positive integer; got {steps}.")
@@ -156,6 +160,8 @@ def fit(
     for i in range(int(steps)):
         params, opt_state, value = step(params, opt_state, data)
         losses.append(value)
+        if (i % every == 0 or i == steps - 1) and not np.isfinite(float(value)):
+            _raise_nonfinite(losses)
         if bar is not None:
             bar.update(1)
             if i % every == 0 or i == steps - 1:
@@ -166,6 +172,21 @@ def fit(
     if bar is not None:
         bar.close()
     return eqx.combine(params, static), jnp.stack(losses)
+
+
+def _raise_nonfinite(losses: list) -> None:
+    values = np.asarray(jnp.stack(losses))
+    first = int(np.argmax(~np.isfinite(values)))
+    before = (
+        f"; the last finite loss was {values[first - 1]:.4e} at step {first - 1}"
+        if first > 0
+        else ""
+    )
+    raise FloatingPointError(
+        f"`fit`: the loss became {values[first]} at step {first}{before}. The "
+        "optimiser diverged or the model produced NaN/inf: lower the learning rate, "
+        "or check `data` and the initial model."
+    )
 
 
 def _batched(x: Array, ndim: int) -> Array:

@@ -362,3 +362,17 @@ def test_transformer_rejects_nonfinite_h(field, tokens):
         jax.block_until_ready(
             jax.jit(lambda h: sj.transformer(field, tokens, num_layers=2, h=h))(jnp.nan)
         )
+
+
+def test_fit_stops_on_a_nonfinite_loss():
+    # loss sqrt(a) from a = 1 with SGD at rate 10: step 0 has loss 1 and gradient
+    # 1/2, so a = 1 - 10/2 = -4 and the loss at step 1 is NaN
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
+        sj.fit(
+            {"a": jnp.asarray(1.0)},
+            lambda m, data: jnp.sqrt(m["a"]),
+            None,
+            optimizer=optax.sgd(10.0),
+            steps=5,
+            progress=False,
+        )
