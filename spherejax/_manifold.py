@@ -183,7 +183,8 @@ class LayerNormSphere(AbstractManifold):
 
     a sphere of radius $\sqrt d\,\sigma_2$ centred at $\sigma_1 \mathbf 1$ inside the
     hyperplane $\operatorname{mean}(x) = \sigma_1$. The metric projection is the
-    LayerNorm map $\sigma_2 (v - \operatorname{mean} v) / \operatorname{std} v + \sigma_1$
+    LayerNorm map
+    $\sigma_2 (v - \operatorname{mean} v) / \operatorname{std} v + \sigma_1$
     (population standard deviation). Tangent projection
     $v \mapsto v_0 - \langle y, v_0\rangle y / (d \sigma_2^2)$ with
     $v_0 = v - \operatorname{mean}(v)$ and $y = x - \sigma_1 \mathbf 1$.
