@@ -81,9 +81,26 @@ def equiangular(
       {e^\beta + (n-1)e^{\beta\rho}}$,
     - USA: $\rho' = \tfrac{2}{n} e^{\beta\rho}(1-\rho)((n-1)\rho+1)$.
 
-    Solved with `diffrax.Dopri8` at tight tolerances from `ts[0]`.
+    Solved with `diffrax.Dopri8` at tight tolerances from `ts[0]`. `ts` must be
+    concrete, finite and non-decreasing, `n >= 2`, `beta` finite and
+    `-1/(n-1) <= rho0 <= 1` (the Gram matrix of equiangular unit vectors is positive
+    semi-definite exactly then); otherwise `ValueError`.
     """
     ts = jnp.asarray(ts, dtype=jnp.result_type(float))
+    ts_np = np.asarray(ts)
+    if ts_np.ndim != 1 or ts_np.size == 0:
+        raise ValueError(f"`ts` must be a non-empty 1-d array; got shape {ts.shape}.")
+    if not (np.all(np.isfinite(ts_np)) and np.all(np.diff(ts_np) >= 0)):
+        raise ValueError("`ts` must be finite and non-decreasing.")
+    if isinstance(n, bool) or int(n) != n or n < 2:
+        raise ValueError(f"`n` must be an integer >= 2; got {n!r}.")
+    if not np.isfinite(float(beta)):
+        raise ValueError(f"`beta` must be finite; got {beta}.")
+    if not -1 / (n - 1) <= float(rho0) <= 1:
+        raise ValueError(
+            f"`rho0` must lie in [-1/(n - 1), 1] = [{-1 / (n - 1):.4g}, 1] (the "
+            f"inner products of {n} equiangular unit vectors); got {rho0}."
+        )
     beta_t = jnp.asarray(beta, ts.dtype)
     if normalization == "softmax":
 

@@ -376,3 +376,20 @@ def test_fit_stops_on_a_nonfinite_loss():
             steps=5,
             progress=False,
         )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(ts=[0.0, np.nan]), "`ts` must be finite and non-decreasing"),
+        (dict(ts=[1.0, 0.0]), "`ts` must be finite and non-decreasing"),
+        (dict(n=1), "`n` must be an integer >= 2"),
+        (dict(beta=np.nan), "`beta` must be finite"),
+        (dict(rho0=-0.5), r"`rho0` must lie in \[-1/\(n - 1\), 1\] = \[-0.25, 1\]"),
+        (dict(rho0=1.5), "`rho0` must lie in"),
+    ],
+)
+def test_equiangular_rejects(kwargs, match):
+    args = dict(ts=[0.0, 1.0], beta=1.0, n=5, rho0=0.1) | kwargs
+    with pytest.raises(ValueError, match=match):
+        sj.equiangular(**args)
