@@ -35,11 +35,11 @@ def _host(x) -> np.ndarray | None:
 
 
 class Checks:
-    """A list of conditions on the inputs of one call.
+    """The conditions on the inputs of one call.
 
-    `require(name_or_message, ok, host_ok)`: a condition that must hold. When its
+    `fail_or_defer(ok, message)` and `finite(name, x)` state a condition. When its
     value is known now it is tested at once (raising `ValueError`); otherwise it is
-    recorded and `attach(x)` returns `x` guarded by one `eqx.branched_error_if`
+    recorded, and `attach(x)` returns `x` guarded by one `eqx.branched_error_if`
     that raises the first failed condition's message when the compiled code runs.
     """
 
@@ -60,6 +60,14 @@ class Checks:
 
     def finite(self, name: str, x) -> None:
         """`x` (any real or complex array) holds no NaN and no inf."""
+        if isinstance(x, jax.Array) and is_concrete(x):
+            # reduce where the array lives; fetch it only to report a failure
+            if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(
+                jnp.all(jnp.isfinite(x))
+            ):
+                host = np.asarray(x)
+                raise ValueError(f"`{name}` contains NaN or inf{_where_bad(host)}.")
+            return
         host = _host(x)
         if host is not None:
             if host.dtype.kind in "fc" and not bool(np.all(np.isfinite(host))):
