@@ -61,10 +61,13 @@ class Checks:
     def finite(self, name: str, x) -> None:
         """`x` (any real or complex array) holds no NaN and no inf."""
         if isinstance(x, jax.Array) and is_concrete(x):
-            # reduce where the array lives; fetch it only to report a failure
-            if jnp.issubdtype(x.dtype, jnp.inexact) and not bool(
-                jnp.all(jnp.isfinite(x))
-            ):
+            # reduce where the array lives (now, even inside a trace); fetch it only
+            # to report a failure
+            if not jnp.issubdtype(x.dtype, jnp.inexact):
+                return
+            with jax.ensure_compile_time_eval():
+                ok = bool(jnp.all(jnp.isfinite(x)))
+            if not ok:
                 host = np.asarray(x)
                 raise ValueError(f"`{name}` contains NaN or inf{_where_bad(host)}.")
             return

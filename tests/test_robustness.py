@@ -125,6 +125,13 @@ def test_solve_traced_checks_jax_jit(field, tokens):
         )
 
 
+def test_solve_checks_constants_captured_by_jit(tokens):
+    # a field closed over by a jitted function is known at trace time: ValueError
+    bad = sj.SelfAttention(np.eye(D), np.eye(D), np.full((D, D), np.nan), 1.0)
+    with pytest.raises(ValueError, match="`field.V` contains NaN"):
+        jax.jit(lambda y: sj.solve(bad, y, 1.0).ys)(tokens)
+
+
 def test_solve_traced_weights_and_ts(tokens):
     w = jnp.full((N,), 1.0 / N)
     f = sj.SelfAttention.identity(D, 1.0, weights=w)
