@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import Checks
 from ._field import AbstractField
 from ._manifold import AbstractManifold
 from ._riemannian import riemannian
@@ -147,8 +148,9 @@ def geodesic_acceleration(manifold: AbstractManifold, x: Array, v: Array) -> Arr
 
 
 class TangentBundleField(eqx.Module):
-    r"""The second-order system $\dot x = v$, $\dot v = P_x F(t, x) + \mathrm{II}_x(v, v)$
-    as a first-order diffrax vector field on the tangent bundle, state `(x, v)`.
+    r"""The second-order system $\dot x = v$,
+    $\dot v = P_x F(t, x) + \mathrm{II}_x(v, v)$ as a first-order diffrax vector
+    field on the tangent bundle, state `(x, v)`.
 
     `force(x)` (or `force(t, x)` with `time_dependent=True`) is an ambient force,
     $\mathrm{II}_x(v, v)$ is the geodesic (normal) acceleration that keeps `x` on
@@ -180,13 +182,20 @@ def _check_path(path, ts) -> tuple[Array, Array]:
         )
     if path.shape[0] < 2:
         raise ValueError("`path` needs at least two time points.")
-    return path, ts
+    checks = Checks()
+    checks.finite("ts", ts)
+    checks.fail_or_defer(
+        jnp.diff(ts) > 0,
+        "`ts` must be strictly increasing.",
+    )
+    return checks.attach((path, ts))
 
 
 def _check_lagrangian(lagrangian, manifold):
     if not isinstance(lagrangian, AbstractLagrangian):
         raise ValueError(
-            f"`lagrangian` must be a spherejax Lagrangian; got {type(lagrangian).__name__}."
+            "`lagrangian` must be a spherejax Lagrangian; got "
+            f"{type(lagrangian).__name__}."
         )
     if not isinstance(manifold, AbstractManifold):
         raise ValueError(f"`manifold` must be a spherejax manifold; got {manifold!r}.")
@@ -199,7 +208,7 @@ def action(
     lagrangian: AbstractLagrangian,
     manifold: AbstractManifold,
 ) -> Float[Array, ""]:
-    r"""The action $S = \int_{t_0}^{t_{T-1}} L(t, x, \dot x)\, dt$ of a discretised path.
+    r"""The action $S = \int_{t_0}^{t_{T-1}} L(t, x, \dot x)\, dt$ of a discrete path.
 
     Each interval is the constant-speed geodesic between consecutive points
     (velocity $\log_{x_k}(x_{k+1})/h_k$) and is integrated with the midpoint rule
@@ -280,7 +289,8 @@ def node_velocities(
         x = path[idx[0]]
         offsets = [ts[i] - ts[idx[0]] for i in idx]
         weights = _derivative_weights(offsets)
-        return sum(w * manifold.log(x, path[i]) for w, i in zip(weights[1:], idx[1:]))
+        terms = [w * manifold.log(x, path[i]) for w, i in zip(weights[1:], idx[1:])]
+        return jnp.sum(jnp.stack(terms), axis=0)
 
     first = one_sided(list(range(m)))
     last = one_sided([T - 1 - i for i in range(m)])
@@ -347,7 +357,8 @@ def euler_lagrange_residual(
 
     def one_sided(idx):
         weights = _derivative_weights([tk[i] - tk[idx[0]] for i in idx])
-        return sum(w * moved(i, idx[0]) for w, i in zip(weights, idx))
+        terms = [w * moved(i, idx[0]) for w, i in zip(weights, idx)]
+        return jnp.sum(jnp.stack(terms), axis=0)
 
     dp = jnp.concatenate(
         [one_sided([0, 1, 2])[None], central, one_sided([m - 1, m - 2, m - 3])[None]]

@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from . import _checks
 from ._attention import _log_weights, _mask, _row_weights, scores
 from ._field import AbstractField, SelfAttention
 from ._manifold import AbstractManifold, Sphere
@@ -184,7 +185,9 @@ def _save_times(saveat: diffrax.SaveAt, t1: Array) -> Array:
 def _controller(controller, ts):
     """The replay's controller: the error norm sees the tokens only (not the radial
     component), so the steps are those of the plain solve; every save time is a
-    step end."""
+    step end. A controller wrapped by `solve`'s non-finite guard keeps its guard."""
+    if isinstance(controller, (_checks.FiniteSteps, _checks.FiniteAdaptiveSteps)):
+        return _checks.guard_nonfinite(_controller(controller.controller, ts))
     if isinstance(controller, (diffrax.PIDController, diffrax.ClipStepSizeController)):
         extra = None
         if isinstance(controller, diffrax.ClipStepSizeController):

@@ -8,12 +8,13 @@ respect to the model's trainable leaves.
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, PyTree
 
@@ -71,6 +72,9 @@ def fit(
 
     **Returns:** `(model, losses)`: the fitted model and the loss before each step,
     shape `(steps,)`.
+
+    A loss that becomes NaN or inf stops the run (checked every tenth of it and at
+    the last step) with a `FloatingPointError` naming the first non-finite step.
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"`steps` must be a positive integer; got {steps}.")
@@ -86,7 +90,9 @@ def fit(
     def step(params, opt_state, data):
         value, grads = jax.value_and_grad(loss_params)(params, data)
         if extra_args:  # e.g. optax.lbfgs: line searches need the loss itself
-            updates, opt_state = optimizer.update(
+            updates, opt_state = cast(
+                optax.GradientTransformationExtraArgs, optimizer
+            ).update(
                 grads,
                 opt_state,
                 params,
@@ -105,6 +111,8 @@ def fit(
     for i in range(int(steps)):
         params, opt_state, value = step(params, opt_state, data)
         losses.append(value)
+        if (i % every == 0 or i == steps - 1) and not np.isfinite(float(value)):
+            _raise_nonfinite(losses)
         if bar is not None:
             bar.update(1)
             if i % every == 0 or i == steps - 1:
@@ -115,6 +123,21 @@ def fit(
     if bar is not None:
         bar.close()
     return eqx.combine(params, static), jnp.stack(losses)
+
+
+def _raise_nonfinite(losses: list) -> None:
+    values = np.asarray(jnp.stack(losses))
+    first = int(np.argmax(~np.isfinite(values)))
+    before = (
+        f"; the last finite loss was {values[first - 1]:.4e} at step {first - 1}"
+        if first > 0
+        else ""
+    )
+    raise FloatingPointError(
+        f"`fit`: the loss became {values[first]} at step {first}{before}. The "
+        "optimiser diverged or the model produced NaN/inf: lower the learning rate, "
+        "or check `data` and the initial model."
+    )
 
 
 def _batched(x: Array, ndim: int) -> Array:
@@ -154,7 +177,8 @@ class TrackingLoss(eqx.Module):
 class ShootingLoss(eqx.Module):
     r"""Trajectory matching through `spherejax.solve` (shooting):
 
-    $$\ell(X) = \frac{1}{B\, T\, n} \sum_{b, k, i} |\phi^X_{t_k}(x^b_0)_i - x^b_{k, i}|^2,$$
+    $$\ell(X) = \frac{1}{B\, T\, n}
+    \sum_{b, k, i} |\phi^X_{t_k}(x^b_0)_i - x^b_{k, i}|^2,$$
 
     with $\phi^X$ the flow of the field, solved from each observed initial state and
     saved at the observation times. Gradients go through the solver (default
@@ -185,7 +209,7 @@ class ShootingLoss(eqx.Module):
                 ts=ts,
                 solver=self.solver,
                 dt0=self.dt0,
-                adjoint=self.adjoint,
+                adjoint=cast(diffrax.AbstractAdjoint | None, self.adjoint),
                 rtol=self.rtol,
                 atol=self.atol,
             )
@@ -226,8 +250,9 @@ class EndpointLoss(eqx.Module):
                 dt0=self.dt0,
                 adjoint=self.adjoint,
             )
-            mismatch = jnp.sum((sol.ys[-1] - b) ** 2)
-            energy = action(sol.ys, ts, Kinetic(), field.manifold)
+            ys = cast(Array, sol.ys)
+            mismatch = jnp.sum((ys[-1] - b) ** 2)
+            energy = action(ys, ts, Kinetic(), field.manifold)
             return (mismatch + self.kinetic * energy) / a.shape[0]
 
         return jnp.mean(jax.vmap(one)(x0, x1))

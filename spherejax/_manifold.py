@@ -7,6 +7,7 @@ the ambient space `R^d`.
 
 import abc
 import math
+import numbers
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -37,6 +38,11 @@ def _sphere_along_normal(x, y, centre, radius2):
 
 
 def _check_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"`{name}` must be a positive real number; got {type(value).__name__} "
+            f"{value!r}."
+        )
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -148,6 +154,15 @@ class Sphere(AbstractManifold):
     accuracy near 0) and parallel transport
     $v - \frac{\langle y, v\rangle}{r^2 + \langle x, y\rangle}(x + y)$.
     All are NaN-safe (and differentiable) at zero tangent vectors.
+
+    **Transport near the antipode.** The denominator is evaluated as
+    $\tfrac12|x + y|^2$, equal to $r^2 + \langle x, y\rangle$ on the sphere but
+    without its cancellation: at distance $\delta$ from $-x$ the relative error is
+    about $\varepsilon r / \delta$ instead of $\varepsilon r^2 / \delta^2$. At the
+    exact antipode ($x + y = 0$ in floating point) every great circle through $x$
+    is minimising and the transport is not unique; `transport` then returns $-v$,
+    the transport along the great circle in the direction of $v$ (the limit of the
+    formula as $y \to -x$ along that circle).
     """
 
     radius: float = eqx.field(static=True, default=1.0)
@@ -188,7 +203,11 @@ class Sphere(AbstractManifold):
 
     def transport(self, x, y, v):
         x, y, v = jnp.asarray(x), jnp.asarray(y), jnp.asarray(v)
-        return v - _dot(y, v) / (self.radius**2 + _dot(x, y)) * (x + y)
+        s = x + y
+        half_ss = 0.5 * _dot(s, s)  # = r^2 + <x, y> on the sphere, without cancellation
+        antipode = half_ss == 0
+        safe = jnp.where(antipode, 1.0, half_ss)
+        return jnp.where(antipode, -v, v - _dot(y, v) / safe * s)
 
     def violation(self, x):
         return jnp.max(jnp.abs(safe_norm(jnp.asarray(x)) - self.radius))
@@ -224,7 +243,9 @@ class LayerNormSphere(AbstractManifold):
     (population standard deviation). Tangent projection
     $v \mapsto v_0 - \langle y, v_0\rangle y / (d \sigma_2^2)$ with
     $v_0 = v - \operatorname{mean}(v)$ and $y = x - \sigma_1 \mathbf 1$.
-    The default (`mean=0`, `std=1`) is `{mean(x) = 0, |x|^2 = d}`.
+    The default (`mean=0`, `std=1`) is `{mean(x) = 0, |x|^2 = d}`. Transport is
+    the sphere's (computed with the stable denominator, and $-v$ at the exact
+    antipode; see `Sphere`) on the centred points.
     """
 
     mean: float = eqx.field(static=True, default=0.0)
@@ -232,6 +253,11 @@ class LayerNormSphere(AbstractManifold):
 
     def __check_init__(self):
         _check_positive("std", self.std)
+        if isinstance(self.mean, bool) or not isinstance(self.mean, numbers.Real):
+            raise ValueError(
+                f"`mean` must be a real number; got {type(self.mean).__name__} "
+                f"{self.mean!r}."
+            )
         if not math.isfinite(float(self.mean)):
             raise ValueError(f"`mean` must be finite; got {self.mean}.")
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import finite_scalars
 from ._field import AbstractField, Layerwise, Sum
 from ._group import ProductAlgebra
 from ._manifold import AbstractManifold, Euclidean, Sphere, _dot
@@ -166,7 +167,7 @@ def transformer(
     num_layers, y0 = _steps_and_tokens(num_layers, "num_layers", final, y0)
     field.check_tokens(y0)
     dtype = y0.dtype
-    h, t0 = jnp.asarray(h, dtype), jnp.asarray(t0, dtype)
+    h, t0 = finite_scalars(dtype, h=h, t0=t0)
     if final:
         return _last(
             field, y0, jnp.asarray(num_layers), h, t0, norm, split, tangent, args

@@ -179,7 +179,7 @@ def test_errors(getkey):
     with pytest.raises(ValueError, match="saves at `t1` or at `ts`"):
         sj.solve(field, y0, 1.0, saveat=diffrax.SaveAt(steps=True), adjoint=adj)
     with pytest.raises(ValueError, match="constant step saves the final state"):
-        sj.solve(field, y0, 1.0, ts=TS, dt0=0.1, solver=sj.RK4(), adjoint=adj)
+        sj.solve(field, y0, 2.0, ts=TS, dt0=0.1, solver=sj.RK4(), adjoint=adj)
     layers = sj.Layerwise([field, field], jnp.array([0.0, 0.5, 1.0]))
     with pytest.raises(ValueError, match="jump times"):
         sj.solve(layers, y0, 1.0, adjoint=adj)
