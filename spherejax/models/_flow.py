@@ -461,7 +461,9 @@ def _substeps(model: TransformerFlow, x0, mask, m, scheme: str):
             ln = flow.layer_norms[s].at(k)
             if model.norm == "post":
                 u = ln.affine(y)
-                return u - y + f(0.0, u)
+                if scheme == "lie":  # the literal residual: exact at h = 1
+                    return u - y + f(0.0, u)
+                return M.to_tangent(y, u + f(0.0, u))  # tangent at its own point
             return f(0.0, ln(y))
 
         def retract(k, s, y, v, tau):
