@@ -31,6 +31,7 @@ normalisations or chunked evaluation. `uses_dot_product_attention` says which.
 """
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -251,16 +252,16 @@ def _key_pass(qb, keys, *, beta, causal: bool, mode: str):
 
     if mode == "top":  # running max of the raw scores (hardmax, first pass)
 
-        def body(top, kb):
+        def top_body(top, kb):
             s, valid, _ = block_scores(kb)
             return jnp.maximum(top, jnp.max(jnp.where(valid, s, neg_inf), -1)), None
 
-        top, _ = jax.lax.scan(jax.checkpoint(body), jnp.full((h, c), neg_inf), keys)
+        top, _ = jax.lax.scan(jax.checkpoint(top_body), jnp.full((h, c), neg_inf), keys)
         return top.T
 
     if mode == "hardmax":  # weights w_j on {j : s_ij >= threshold_i} (second pass)
 
-        def body(carry, kb):
+        def hard_body(carry, kb):
             wsum, acc = carry
             s, valid, col = block_scores(kb)
             wts = jnp.where(valid & (s >= row_t[:, :, None]), jnp.exp(col), zero)
@@ -268,7 +269,7 @@ def _key_pass(qb, keys, *, beta, causal: bool, mode: str):
             return (wsum + jnp.sum(wts, -1), acc), None
 
         init = (jnp.zeros((h, c), dtype), jnp.zeros((h, c, e), dtype))
-        (wsum, acc), _ = jax.lax.scan(jax.checkpoint(body), init, keys)
+        (wsum, acc), _ = jax.lax.scan(jax.checkpoint(hard_body), init, keys)
         wsum = jnp.where(wsum > 0, wsum, jnp.ones((), dtype))
         return jnp.sum(acc / wsum[:, :, None], 0)
 
@@ -387,7 +388,9 @@ def attend_rows(
     if key_mask is not None:  # a removed key gets the log-weight -inf
         km = jnp.broadcast_to(jnp.atleast_2d(key_mask).T, (n, h))
         col = jnp.where(km, col, jnp.asarray(-jnp.inf, x.dtype))
-    kw = dict(causal=causal, chunk_size=n if chunk_size is None else chunk_size)
+    kw: dict[str, Any] = dict(
+        causal=causal, chunk_size=n if chunk_size is None else chunk_size
+    )
     if normalization == "hardmax":
         zeros = jnp.zeros(qx.shape[:2], x.dtype)
         top = blocked(qx, qidx, zeros, kx, vals, col, beta, mode="top", **kw)
@@ -405,7 +408,7 @@ def _sinkhorn_chunked(x, Q, K, V, beta, log_w, iters, chunk_size):
     lw = jnp.broadcast_to(log_w[:, None], (n, h))
     idx = jnp.arange(n)
     zeros = jnp.zeros((n, h), x.dtype)
-    kw = dict(causal=False, chunk_size=chunk_size)
+    kw: dict[str, Any] = dict(causal=False, chunk_size=chunk_size)
     none = jnp.zeros((n, h, 0), x.dtype)
 
     def row(g):  # f_i = -LSE_j(beta s_ij + g_j + log w_j)

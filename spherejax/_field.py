@@ -7,6 +7,7 @@ Every field is an `eqx.Module` whose `__call__(t, y, args)` takes tokens `y` of 
 
 import abc
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -376,7 +377,7 @@ class IdentityAttention(AbstractField):
         chunk_size: int | None = None,
         sinkhorn_iters: int = 100,
     ):
-        options = dict(
+        options: dict[str, Any] = dict(
             normalization=normalization,
             causal=causal,
             weights=weights,

@@ -29,6 +29,7 @@ time, each with its own residual connection and normalisation, as in BERT's
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -74,7 +75,7 @@ class LayerNorm(eqx.Module):
 
     @classmethod
     def identity(cls, d: int, eps: float = 0.0, dtype=None) -> "LayerNorm":
-        """`gamma = 1`, `beta = 0`: the plain normalisation $N_\varepsilon$."""
+        r"""`gamma = 1`, `beta = 0`: the plain normalisation $N_\varepsilon$."""
         dtype = jnp.result_type(float) if dtype is None else dtype
         return cls(jnp.ones(d, dtype), jnp.zeros(d, dtype), eps)
 
@@ -90,19 +91,19 @@ class LayerNorm(eqx.Module):
         return LayerNorm(self.gamma[k], self.beta[k], self.eps)
 
     def normalize(self, x: Float[ArrayLike, "... d"]) -> Array:
-        """$N_\varepsilon(x)$, row-wise (no affine map)."""
+        r"""$N_\varepsilon(x)$, row-wise (no affine map)."""
         x = jnp.asarray(x)
         c = x - jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(c * c, axis=-1, keepdims=True)
         return c / jnp.sqrt(var + jnp.asarray(self.eps, x.dtype))
 
     def affine(self, z: Float[ArrayLike, "... d"]) -> Array:
-        """$\gamma \odot z + \beta$ (single-layer parameters)."""
+        r"""$\gamma \odot z + \beta$ (single-layer parameters)."""
         z = jnp.asarray(z)
         return self.gamma.astype(z.dtype) * z + self.beta.astype(z.dtype)
 
     def __call__(self, x: Float[ArrayLike, "... d"]) -> Array:
-        """$\gamma \odot N_\varepsilon(x) + \beta$ (single-layer parameters)."""
+        r"""$\gamma \odot N_\varepsilon(x) + \beta$ (single-layer parameters)."""
         return self.affine(self.normalize(x))
 
 
@@ -133,7 +134,7 @@ def _sublayers(field: AbstractField, t, split: bool) -> tuple[AbstractField, ...
     return (field,)
 
 
-def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple:
+def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple[Any, Array]:
     """The step count `num` and input tokens `x0` of a discrete stack, checked.
 
     Unless `final` (a `while` loop, where `num` may be traced), `num` must be a

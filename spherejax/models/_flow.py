@@ -66,7 +66,7 @@ def _with_key_mask(field: AbstractField, key_mask: Array | None) -> AbstractFiel
     every `SelfAttention` given the key mask `(n,)`."""
     if key_mask is None:
         return field
-    layered = isinstance(field, Layerwise)
+    num_layers = field.num_layers if isinstance(field, Layerwise) else None
 
     def is_attention(x):
         return isinstance(x, SelfAttention)
@@ -75,8 +75,8 @@ def _with_key_mask(field: AbstractField, key_mask: Array | None) -> AbstractFiel
         if not isinstance(a, SelfAttention):
             return a
         mask = key_mask
-        if layered:
-            mask = jnp.broadcast_to(key_mask, (field.num_layers, *key_mask.shape))
+        if num_layers is not None:
+            mask = jnp.broadcast_to(key_mask, (num_layers, *key_mask.shape))
         return eqx.tree_at(lambda m: m.key_mask, a, mask, is_leaf=lambda x: x is None)
 
     return jax.tree.map(set_mask, field, is_leaf=is_attention)
@@ -216,7 +216,7 @@ class TransformerFlow(eqx.Module):
         self.position_embeddings = opt(position_embeddings)
         self.token_type_embeddings = opt(token_type_embeddings)
 
-    # ---- sizes -----------------------------------------------------------------------
+    # ---- sizes
     @property
     def num_layers(self) -> int:
         return self.field.num_layers
@@ -230,7 +230,7 @@ class TransformerFlow(eqx.Module):
         w = self.word_embeddings
         return None if w is None else w.shape[0]
 
-    # ---- inputs ----------------------------------------------------------------------
+    # ---- inputs
     def _check_ids(self, input_ids, name="input_ids") -> Array:
         if self.word_embeddings is None:
             raise ValueError(
@@ -337,7 +337,7 @@ class TransformerFlow(eqx.Module):
         out = self.readout(self._initial(x)[None])[0]
         return out if batched else out[0]
 
-    # ---- the discrete network and its read-out ----------------------------------------
+    # ---- the discrete network and its read-out
     def readout(self, states: Float[Array, "L1 *B n d"]) -> Array:
         r"""Hidden states from flow states `(L + 1, ..., n, d)`: post-LN
         $\gamma_k \odot z_k + \beta_k$ with the LayerNorm that produced $z_k$;
@@ -371,9 +371,9 @@ class TransformerFlow(eqx.Module):
         """The model's `L + 1` hidden states (see the class docstring)."""
         return self.readout(self.states(inputs, attention_mask, token_type_ids))
 
-    # ---- the continuous-time limit -----------------------------------------------------
+    # ---- the continuous-time limit
     def flow(self, attention_mask: ArrayLike | None = None) -> ResidualFlow:
-        """The continuous-time field of one sequence (key mask `(n,)` optional)."""
+        """The continuous-time field of one sequence (optional key mask `(n,)`)."""
         mask = None if attention_mask is None else jnp.asarray(attention_mask, bool)
         return ResidualFlow(
             _with_key_mask(self.field, mask), self.layer_norms, self.norm

@@ -202,11 +202,11 @@ def _bert(config: dict, w: _Weights, dtype) -> TransformerFlow:
             manifold=Euclidean(),
         )
         sublayers.append(Sum(_attention(p, causal=False), ffn))
-        ln_a = tuple(
+        ln_a: tuple = tuple(
             w(pre + f"attention.output.LayerNorm.{t}", dtype)
             for t in ("weight", "bias")
         )
-        ln_f = tuple(
+        ln_f: tuple = tuple(
             w(pre + f"output.LayerNorm.{t}", dtype) for t in ("weight", "bias")
         )
         in_ffn.append(ln_a)

@@ -134,9 +134,9 @@ def minilm_dataset(path: str | pathlib.Path | None = None, *, dtype=None) -> Min
     `benchmarks/extract_minilm.py` with `minilm_trajectories`) holds the flow's
     states $z_k$ in float32, `(B, 7, n, 384)`, of `B` sentences with the same
     number of tokens `n`, the sentences and the model name (the hidden states are
-    their read-outs, `from_huggingface(minilm_path()).readout`). They are cast to `dtype` (default JAX's default
-    float) and projected again onto `LayerNormSphere()` so that they lie on it to
-    the round-off of `dtype`.
+    their read-outs, `from_huggingface(minilm_path()).readout`). They are cast to
+    `dtype` (default JAX's default float) and projected again onto
+    `LayerNormSphere()` so that they lie on it to the round-off of `dtype`.
 
     **Returns:** a `MiniLMData(ts, paths, sentences, model)` with `ts = 0, 1, ..., 6`.
     """
@@ -287,7 +287,16 @@ class LowRankLayerFlow(AbstractField):
     times: tuple[float, ...] = eqx.field(static=True)
     manifold: AbstractManifold
 
-    def __init__(self, alpha, beta, U, W, c, times, manifold=LayerNormSphere()):
+    def __init__(
+        self,
+        alpha,
+        beta,
+        U,
+        W,
+        c,
+        times,
+        manifold: AbstractManifold = LayerNormSphere(),
+    ):
         self.alpha, self.beta = jnp.asarray(alpha), jnp.asarray(beta)
         self.U, self.W, self.c = jnp.asarray(U), jnp.asarray(W), jnp.asarray(c)
         self.times = tuple(float(t) for t in np.asarray(times).ravel())
@@ -363,7 +372,8 @@ class LowRankLayerFlow(AbstractField):
 
     def layerwise(self) -> Layerwise:
         """The same flow as a `spherejax.Layerwise` (one `Sum` per layer)."""
-        return Layerwise([self.layer(k) for k in range(self.num_layers)], self.times)
+        times = jnp.asarray(self.times)
+        return Layerwise([self.layer(k) for k in range(self.num_layers)], times)
 
     def index(self, t) -> Array:
         k = jnp.searchsorted(jnp.asarray(self.times), t, side="right") - 1

@@ -1,6 +1,9 @@
 """Import `torch.nn.TransformerEncoder` / `TransformerEncoderLayer` as a
 `TransformerFlow`."""
 
+from collections.abc import Callable
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -14,7 +17,7 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().double().numpy()
 
 
-def _activation(layer, torch) -> object:
+def _activation(layer: Any, torch: Any) -> Callable:
     act = layer.activation
     F = torch.nn.functional
     if act is F.relu or isinstance(act, torch.nn.ReLU):
@@ -28,7 +31,7 @@ def _activation(layer, torch) -> object:
     )
 
 
-def from_torch_encoder(module, *, dtype=None) -> TransformerFlow:
+def from_torch_encoder(module: Any, *, dtype=None) -> TransformerFlow:
     r"""Import a `torch.nn.TransformerEncoder` (or a single
     `torch.nn.TransformerEncoderLayer`), post-LN (`norm_first=False`) or pre-LN
     (`norm_first=True`), ReLU or GELU, with or without biases, as a
@@ -52,6 +55,7 @@ def from_torch_encoder(module, *, dtype=None) -> TransformerFlow:
             '(`pip install "spherejax[real]"`).'
         ) from e
     final = None
+    layers: list[Any]
     if isinstance(module, torch.nn.TransformerEncoder):
         layers = list(module.layers)
         final = module.norm
@@ -82,7 +86,7 @@ def from_torch_encoder(module, *, dtype=None) -> TransformerFlow:
     sublayers, first, second = [], [], []
     d = None
     for layer in layers:
-        att = layer.self_attn
+        att: Any = layer.self_attn
         if not att._qkv_same_embed_dim or att.bias_k is not None:
             raise ValueError("unsupported attention: separate k/v dims or bias_kv.")
         d = att.embed_dim
