@@ -46,7 +46,7 @@ def _valid_error(ours, ref, mask) -> float:
     return float(np.max(np.abs(np.asarray(ours) - ref)[:, valid]))
 
 
-# ---- the field ingredients against numpy --------------------------------------------
+# ---- the field ingredients against numpy
 
 
 def _np_attention(x, Q, K, V, beta, a, b, c, bo, key_mask, causal, norm):
@@ -136,7 +136,7 @@ def test_tai_transformer_activation_and_nonsquare_feedforward():
     np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
 
 
-# ---- committed fixtures (no torch needed) ----------------------------------------------
+# ---- committed fixtures (no torch needed)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_continuous_limit_orders(name, request):
         assert abs(slope - order) < 0.3, (scheme, errors)
 
 
-# ---- live comparisons (torch and transformers installed) ------------------------------
+# ---- live comparisons (torch and transformers installed)
 
 
 def _torch():
@@ -234,7 +234,8 @@ def test_minilm_matches_transformers():
     n = int(mask[1].sum())
     z = sj.minilm_trajectories([SENTENCES[1]], dtype=jnp.float64)[0]
     np.testing.assert_allclose(flow64.readout(z), ref64[:, 1, :n], atol=1e-9)
-    assert float(sj.LayerNormSphere().violation(z)) < 1e-9
+    # on the LayerNorm manifold up to eps / var (eps = 1e-12)
+    assert float(sj.LayerNormSphere().violation(z)) < 1e-7
 
 
 def test_gpt2_matches_transformers():
@@ -303,7 +304,7 @@ def test_torch_encoder_layers_match(norm_first, activation):
     )
 
 
-# ---- bad input ----------------------------------------------------------------------
+# ---- bad input
 
 
 def test_unsupported_model_and_missing_files(tmp_path):
