@@ -230,12 +230,6 @@ def test_minilm_matches_transformers():
     assert _valid_error(flow64.hidden_states(ids, mask), ref64, mask) < 1e-9
     flow32 = sj.from_huggingface(path, dtype=jnp.float32)
     assert _valid_error(flow32.hidden_states(ids, mask), ref32, mask) < 1e-4
-    # the loader's states z_k read out to HF's h_k = gamma_k z_k + beta_k
-    n = int(mask[1].sum())
-    z = sj.minilm_trajectories([SENTENCES[1]], dtype=jnp.float64)[0]
-    np.testing.assert_allclose(flow64.readout(z), ref64[:, 1, :n], atol=1e-9)
-    # on the LayerNorm manifold up to eps / var (eps = 1e-12)
-    assert float(sj.LayerNormSphere().violation(z)) < 1e-7
 
 
 def test_gpt2_matches_transformers():
