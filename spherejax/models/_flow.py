@@ -405,6 +405,41 @@ class TransformerFlow(eqx.Module):
         )
         return zs if batched else zs[:, 0]
 
+    def layer_maps(
+        self,
+        states: Float[ArrayLike, "L1 *B n d"],
+        num_substeps: int,
+        *,
+        scheme: str = "strang",
+        attention_mask=None,
+    ) -> Float[Array, "L1 *B n d"]:
+        """Each layer's sub-stepped map applied to the given states: entry `k + 1`
+        is layer `k` run from `states[k]` with `num_substeps` steps of `scheme`
+        (entry 0 is `states[0]`). With the network's own states and many Strang
+        sub-steps, `layer_maps(states, m)[k + 1] - states[k + 1]` is how far layer
+        `k` of the network is from its continuous-time limit."""
+        if scheme not in ("lie", "strang"):
+            raise ValueError(f"`scheme` must be 'lie' or 'strang'; got {scheme!r}.")
+        if int(num_substeps) != num_substeps or num_substeps < 1:
+            raise ValueError(
+                f"`num_substeps` must be a positive integer; got {num_substeps}."
+            )
+        zs = jnp.asarray(states)
+        if zs.ndim not in (3, 4) or zs.shape[0] != self.num_layers + 1:
+            raise ValueError(
+                f"`states` must have shape `(L + 1, [B,] n, d)` with L + 1 = "
+                f"{self.num_layers + 1}; got {zs.shape}."
+            )
+        batched = zs.ndim == 4
+        zs = zs if batched else zs[:, None]
+        if attention_mask is None:
+            mask = jnp.ones(zs.shape[1:3], bool)
+        else:
+            mask = jnp.asarray(attention_mask, bool).reshape(zs.shape[1:3])
+        m = jnp.asarray(int(num_substeps))
+        out = _substeps(self, zs, mask, m, scheme, restart=True)
+        return out if batched else out[:, 0]
+
     def solve(
         self,
         inputs,
@@ -448,7 +483,7 @@ def _network(model: TransformerFlow, x0: Array, mask: Array) -> Array:
 
 
 @eqx.filter_jit
-def _substeps(model: TransformerFlow, x0, mask, m, scheme: str):
+def _substeps(model: TransformerFlow, x0, mask, m, scheme: str, restart=False):
     dtype = x0.dtype
     h = 1.0 / m.astype(dtype)
 
@@ -493,11 +528,19 @@ def _substeps(model: TransformerFlow, x0, mask, m, scheme: str):
 
         step = lie if scheme == "lie" else strang
 
+        def run_layer(k, y):
+            return jax.lax.fori_loop(0, m, lambda _, y: step(k, y), y)
+
+        if restart:  # x holds the L + 1 states; layer k starts from x[k]
+            ks = jnp.arange(model.num_layers)
+            ys = jax.vmap(run_layer)(ks, x[:-1])
+            return jnp.concatenate([x[:1], ys])
+
         def layer(y, k):
-            y = jax.lax.fori_loop(0, m, lambda _, y: step(k, y), y)
+            y = run_layer(k, y)
             return y, y
 
         _, ys = jax.lax.scan(layer, x, jnp.arange(model.num_layers))
         return jnp.concatenate([x[None], ys])
 
-    return jax.vmap(one, in_axes=(0, 0), out_axes=1)(x0, mask)
+    return jax.vmap(one, in_axes=(1 if restart else 0, 0), out_axes=1)(x0, mask)
