@@ -289,8 +289,6 @@ class TransformerFlow(eqx.Module):
                         f"{ids.shape}; got {tt.shape}."
                     )
             x = self._embed_sum(ids if batched else ids[None], tt)
-            if not batched and tt is not None:
-                pass
         shape = x.shape[:2]
         if attention_mask is None:
             mask = jnp.ones(shape, bool)

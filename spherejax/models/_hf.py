@@ -96,13 +96,11 @@ class _Weights:
 
     def __init__(self, weights: Mapping[str, np.ndarray], prefixes: Sequence[str]):
         self.weights = weights
-        probe = next(iter(weights), "")
         self.prefix = ""
         for p in prefixes:
             if any(k.startswith(p) for k in weights):
                 self.prefix = p
                 break
-        del probe
 
     def __call__(self, name: str, dtype) -> jnp.ndarray:
         key = self.prefix + name
