@@ -339,3 +339,17 @@ def test_missing_torch_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
     with pytest.raises(ImportError, match=r"spherejax\[real\]"):
         sj.from_torch_encoder(object())
+
+
+def test_transformer_layer_norm_arguments(tiny_gpt2):
+    x = np.zeros((3, 16))
+    ln = sj.LayerNorm(np.ones(16), np.zeros(16), 1e-5)
+    with pytest.raises(ValueError, match="one `LayerNorm` per sub-layer"):
+        sj.transformer(tiny_gpt2.field, x, 2, 1.0, norm="pre", split=True,
+                       layer_norms=(ln,))  # fmt: skip
+    with pytest.raises(ValueError, match="needs `norm='post'` or `norm='pre'`"):
+        sj.transformer(tiny_gpt2.field, x, 2, 1.0, norm="none", layer_norms=(ln,))
+    with pytest.raises(ValueError, match="same shape"):
+        sj.LayerNorm(np.ones(16), np.zeros(15))
+    with pytest.raises(ValueError, match="`eps`"):
+        sj.LayerNorm(np.ones(16), np.zeros(16), -1.0)
