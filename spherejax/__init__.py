@@ -66,15 +66,6 @@ from ._manifold import (
     LayerNormSphere as LayerNormSphere,
     Sphere as Sphere,
 )
-from ._real import (
-    LowRankLayerFlow as LowRankLayerFlow,
-    MiniLMData as MiniLMData,
-    constant_velocity_baseline as constant_velocity_baseline,
-    interval_actions as interval_actions,
-    minilm_dataset as minilm_dataset,
-    minilm_trajectories as minilm_trajectories,
-    tracking_ratio as tracking_ratio,
-)
 from ._sharding import (
     TokenSharded as TokenSharded,
     make_mesh as make_mesh,
@@ -106,6 +97,7 @@ from ._tai import (
     tai_transformer as tai_transformer,
 )
 from ._transformer import (
+    LayerNorm as LayerNorm,
     PreLNFlow as PreLNFlow,
     RadiusSphere as RadiusSphere,
     from_polar as from_polar,
@@ -114,3 +106,16 @@ from ._transformer import (
     unprojected as unprojected,
 )
 from ._version import __version__ as __version__
+from .models import (
+    LowRankLayerFlow as LowRankLayerFlow,
+    MiniLMData as MiniLMData,
+    ResidualFlow as ResidualFlow,
+    TransformerFlow as TransformerFlow,
+    constant_velocity_baseline as constant_velocity_baseline,
+    from_huggingface as from_huggingface,
+    from_torch_encoder as from_torch_encoder,
+    interval_actions as interval_actions,
+    minilm_dataset as minilm_dataset,
+    minilm_trajectories as minilm_trajectories,
+    tracking_ratio as tracking_ratio,
+)

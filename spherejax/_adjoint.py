@@ -276,6 +276,7 @@ def _fast_path(field: AbstractField, y0: Array) -> bool:
         and type(field.manifold) is Sphere
         and field.normalization in ("softmax", "unnormalized")
         and (field.chunk_size is None or field.chunk_size >= n)
+        and not field.has_extras  # biases and key masks: the generic pullback
     )
 
 

@@ -32,6 +32,7 @@ normalisations or chunked evaluation. `uses_dot_product_attention` says which.
 """
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,17 +60,31 @@ def scores(
     xk: Float[Array, "nk d"],
     Q: Float[Array, "h k d"],
     K: Float[Array, "h k d"],
+    query_bias: Float[Array, "h k"] | None = None,
+    key_bias: Float[Array, "h k"] | None = None,
 ) -> Float[Array, "h nq nk"]:
-    """Unscaled scores `<Q_h x_i, K_h x_j>` for every head."""
+    """Unscaled scores `<Q_h x_i + a_h, K_h x_j + b_h>` for every head (biases
+    `a = query_bias`, `b = key_bias`, zero by default)."""
     qx = jnp.einsum("hkd,nd->hnk", Q, xq)
     kx = jnp.einsum("hkd,md->hmk", K, xk)
+    if query_bias is not None:
+        qx = qx + query_bias[:, None, :]
+    if key_bias is not None:
+        kx = kx + key_bias[:, None, :]
     return jnp.einsum("hnk,hmk->hnm", qx, kx)
 
 
-def _mask(qidx: Array, nk: int, causal: bool) -> Array | None:
-    if not causal:
-        return None
-    return qidx[:, None] >= jnp.arange(nk)[None, :]
+def _mask(
+    qidx: Array, nk: int, causal: bool, key_mask: Array | None = None
+) -> Array | None:
+    """The boolean mask of allowed `(query, key)` pairs: `j <= i` if `causal`, and
+    `key_mask[j]` (shape `(nk,)`, or `(h, nk)` per head) if given; shape
+    `(nq, nk)` or `(h, nq, nk)`, `None` when everything is allowed."""
+    mask = qidx[:, None] >= jnp.arange(nk)[None, :] if causal else None
+    if key_mask is None:
+        return mask
+    keys = key_mask[..., None, :]  # (1, nk) or (h, 1, nk)
+    return keys if mask is None else mask & keys
 
 
 def _row_weights(
@@ -118,6 +133,17 @@ def sinkhorn_potentials(
     return _sinkhorn_loop(row, col, jnp.zeros((h, n), logits.dtype), iters)
 
 
+def _check_key_mask(normalization: str, key_mask) -> None:
+    """A key mask removes keys from every row: defined for the row-local
+    normalisations only."""
+    if key_mask is not None and normalization == "sinkhorn":
+        raise ValueError(
+            "`key_mask` cannot be combined with `normalization='sinkhorn'` "
+            "(the column constraint would involve the removed keys); use "
+            "quadrature `weights` instead."
+        )
+
+
 def _sinkhorn_loop(row, col, zeros: Array, iters: int) -> tuple[Array, Array]:
     """The Sinkhorn alternation shared by the dense and blocked evaluations:
     `f = row(0)`, then `iters` times `g = col(f)`, `f = row(g)`; returns `(f, g)`
@@ -141,17 +167,28 @@ def attention_matrix(
     causal: bool = False,
     log_weights: Float[Array, " n"] | None = None,
     sinkhorn_iters: int = 100,
+    query_bias: Float[Array, "h k"] | None = None,
+    key_bias: Float[Array, "h k"] | None = None,
+    key_mask: Array | None = None,
 ) -> Float[Array, "h n n"]:
     """The full attention matrix `A^h_ij`, shape `(h, n, n)` (dense; for analysis
-    and tests). `Q`, `K` may also be single-head `(k, d)` arrays."""
+    and tests). `Q`, `K` may also be single-head `(k, d)` arrays; `query_bias`,
+    `key_bias` (`(h, k)` or `(k,)`) enter the scores, `key_mask` (boolean `(n,)` or
+    `(h, n)`) removes keys."""
     x = jnp.asarray(x)
     Q, K = (jnp.asarray(a) for a in (Q, K))
     Q, K = (a[None] if a.ndim == 2 else a for a in (Q, K))
+    qb, kb = (
+        None if b is None else jnp.atleast_2d(jnp.asarray(b, x.dtype))
+        for b in (query_bias, key_bias)
+    )
     beta = jnp.asarray(beta, x.dtype)
     n = x.shape[0]
     log_w = jnp.full((n,), -jnp.log(n), x.dtype) if log_weights is None else log_weights
-    s = scores(x, x, Q, K)
-    mask = _mask(jnp.arange(n), n, causal)
+    s = scores(x, x, Q, K, qb, kb)
+    km = None if key_mask is None else jnp.asarray(key_mask, bool)
+    _check_key_mask(normalization, km)
+    mask = _mask(jnp.arange(n), n, causal, km)
     if normalization != "sinkhorn":
         return _row_weights(s, beta, log_w, mask, normalization)
     if causal:
@@ -216,16 +253,16 @@ def _key_pass(qb, keys, *, beta, causal: bool, mode: str):
 
     if mode == "top":  # running max of the raw scores (hardmax, first pass)
 
-        def body(top, kb):
+        def top_body(top, kb):
             s, valid, _ = block_scores(kb)
             return jnp.maximum(top, jnp.max(jnp.where(valid, s, neg_inf), -1)), None
 
-        top, _ = jax.lax.scan(jax.checkpoint(body), jnp.full((h, c), neg_inf), keys)
+        top, _ = jax.lax.scan(jax.checkpoint(top_body), jnp.full((h, c), neg_inf), keys)
         return top.T
 
     if mode == "hardmax":  # weights w_j on {j : s_ij >= threshold_i} (second pass)
 
-        def body(carry, kb):
+        def hard_body(carry, kb):
             wsum, acc = carry
             s, valid, col = block_scores(kb)
             wts = jnp.where(valid & (s >= row_t[:, :, None]), jnp.exp(col), zero)
@@ -233,7 +270,7 @@ def _key_pass(qb, keys, *, beta, causal: bool, mode: str):
             return (wsum + jnp.sum(wts, -1), acc), None
 
         init = (jnp.zeros((h, c), dtype), jnp.zeros((h, c, e), dtype))
-        (wsum, acc), _ = jax.lax.scan(jax.checkpoint(body), init, keys)
+        (wsum, acc), _ = jax.lax.scan(jax.checkpoint(hard_body), init, keys)
         wsum = jnp.where(wsum > 0, wsum, jnp.ones((), dtype))
         return jnp.sum(acc / wsum[:, :, None], 0)
 
@@ -301,13 +338,15 @@ def blocked(
     return out.reshape(-1, *out.shape[2:])[:nq]
 
 
-def _project(x, Q, K, V):
-    """Token-major projections `Q_h x`, `K_h x` (n, h, k) and `V_h x` (n, h, d)."""
-    return (
+def _project(x, Q, K, V, biases=(None, None, None)):
+    """Token-major projections `Q_h x + a_h`, `K_h x + b_h` (n, h, k) and
+    `V_h x + c_h` (n, h, d), with the biases `(a, b, c)` (each `None` or `(h, .)`)."""
+    out = (
         jnp.einsum("hkd,nd->nhk", Q, x),
         jnp.einsum("hkd,nd->nhk", K, x),
         jnp.einsum("hed,nd->nhe", V, x),
     )
+    return tuple(a if b is None else a + b[None] for a, b in zip(out, biases))
 
 
 def attend_rows(
@@ -323,6 +362,10 @@ def attend_rows(
     causal: bool = False,
     log_weights: Float[Array, " n"] | None = None,
     chunk_size: int | None = None,
+    query_bias: Float[Array, "h k"] | None = None,
+    key_bias: Float[Array, "h k"] | None = None,
+    value_bias: Float[Array, "h d"] | None = None,
+    key_mask: Array | None = None,
 ) -> Float[Array, "nq d"]:
     """`attend` for a subset of query rows `xq` (global indices `qidx`) against all
     tokens `x`, blocked with `chunk_size` (`None`: one block); row-local
@@ -330,13 +373,25 @@ def attend_rows(
     some queries)."""
     if normalization not in ("softmax", "unnormalized", "hardmax"):
         raise ValueError(f"row-local normalization expected; got {normalization!r}.")
+    if key_mask is not None and normalization == "hardmax":
+        raise ValueError(
+            "`key_mask` with `normalization='hardmax'` is evaluated densely only; "
+            "use `chunk_size=None`."
+        )
     n = x.shape[0]
     log_w = _log_weights(n, x.dtype, log_weights)
     h = Q.shape[0]
     qx = jnp.einsum("hkd,nd->nhk", Q, xq)
-    _, kx, vals = _project(x, Q, K, V)
+    if query_bias is not None:
+        qx = qx + query_bias[None]
+    _, kx, vals = _project(x, Q, K, V, (None, key_bias, value_bias))
     col = jnp.broadcast_to(log_w[:, None], (n, h))
-    kw = dict(causal=causal, chunk_size=n if chunk_size is None else chunk_size)
+    if key_mask is not None:  # a removed key gets the log-weight -inf
+        km = jnp.broadcast_to(jnp.atleast_2d(key_mask).T, (n, h))
+        col = jnp.where(km, col, jnp.asarray(-jnp.inf, x.dtype))
+    kw: dict[str, Any] = dict(
+        causal=causal, chunk_size=n if chunk_size is None else chunk_size
+    )
     if normalization == "hardmax":
         zeros = jnp.zeros(qx.shape[:2], x.dtype)
         top = blocked(qx, qidx, zeros, kx, vals, col, beta, mode="top", **kw)
@@ -354,7 +409,7 @@ def _sinkhorn_chunked(x, Q, K, V, beta, log_w, iters, chunk_size):
     lw = jnp.broadcast_to(log_w[:, None], (n, h))
     idx = jnp.arange(n)
     zeros = jnp.zeros((n, h), x.dtype)
-    kw = dict(causal=False, chunk_size=chunk_size)
+    kw: dict[str, Any] = dict(causal=False, chunk_size=chunk_size)
     none = jnp.zeros((n, h, 0), x.dtype)
 
     def row(g):  # f_i = -LSE_j(beta s_ij + g_j + log w_j)
@@ -427,23 +482,41 @@ def attend(
     log_weights: Float[Array, " n"] | None = None,
     sinkhorn_iters: int = 100,
     chunk_size: int | None = None,
+    query_bias: Float[Array, "h k"] | None = None,
+    key_bias: Float[Array, "h k"] | None = None,
+    value_bias: Float[Array, "h d"] | None = None,
+    key_mask: Array | None = None,
 ) -> Float[Array, "n d"]:
-    r"""$\sum_h \sum_j A^h_{ij} V_h x_j$ for every token `i` (not yet projected).
+    r"""$\sum_h \sum_j A^h_{ij} (V_h x_j + c_h)$ for every token `i` (not yet
+    projected), with scores $\langle Q_h x_i + a_h, K_h x_j + b_h\rangle$.
+
+    The biases `a = query_bias`, `b = key_bias` (`(h, k)`) and `c = value_bias`
+    (`(h, d)`) default to zero; `key_mask` (boolean, `(n,)` or `(h, n)` per head)
+    removes the keys where it is `False` from every row (padding), like the causal
+    mask and independently of the quadrature weights.
 
     Without `chunk_size` (or with `chunk_size >= n`) the `(h, n, n)` scores are
     formed at once; float32 softmax then runs through `jax.nn.dot_product_attention`
-    (see the module docstring). With `chunk_size = c < n`, every normalisation is
-    evaluated in `c x c` blocks with online log-sum-exps over key blocks, in the
-    forward and (by recomputation) in the backward pass: memory `O(n d + c^2 h)`.
-    Results equal the dense ones up to rounding.
+    (see the module docstring; not with biases or a key mask). With
+    `chunk_size = c < n`, every normalisation is evaluated in `c x c` blocks with
+    online log-sum-exps over key blocks, in the forward and (by recomputation) in
+    the backward pass: memory `O(n d + c^2 h)`. Results equal the dense ones up to
+    rounding.
     """
     _check_normalization(normalization, causal)
+    _check_key_mask(normalization, key_mask)
     n = x.shape[0]
     chunked = chunk_size is not None and chunk_size < n
-    if uses_dot_product_attention(x.dtype, normalization, chunk_size, n):
+    biases = (query_bias, key_bias, value_bias)
+    plain = key_mask is None and all(b is None for b in biases)
+    if plain and uses_dot_product_attention(x.dtype, normalization, chunk_size, n):
         return _dot_product_attention(x, Q, K, V, beta, log_weights, causal)
     log_w = _log_weights(n, x.dtype, log_weights)
     if chunked and normalization == "sinkhorn":
+        if not plain:
+            raise ValueError(
+                "chunked Sinkhorn attention takes no biases; use `chunk_size=None`."
+            )
         return _sinkhorn_chunked(x, Q, K, V, beta, log_w, sinkhorn_iters, chunk_size)
     if chunked:
         return attend_rows(
@@ -458,13 +531,19 @@ def attend(
             causal=causal,
             log_weights=log_w,
             chunk_size=chunk_size,
+            query_bias=query_bias,
+            key_bias=key_bias,
+            value_bias=value_bias,
+            key_mask=key_mask,
         )
     values = jnp.einsum("hed,nd->hne", V, x)  # V_h x_j, shape (h, n, d)
+    if value_bias is not None:
+        values = values + value_bias[:, None, :]
+    mask = _mask(jnp.arange(n), n, causal, key_mask)
     if normalization in ("softmax", "unnormalized"):
         # exp(logits - max) @ values, normalised afterwards (n x d divisions, not n x n)
-        s = scores(x, x, Q, K)
+        s = scores(x, x, Q, K, query_bias, key_bias)
         logits = beta * s + log_w
-        mask = _mask(jnp.arange(n), n, causal)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.asarray(-jnp.inf, x.dtype))
         m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
@@ -484,8 +563,10 @@ def attend(
             normalization="sinkhorn",
             log_weights=log_w,
             sinkhorn_iters=sinkhorn_iters,
+            query_bias=query_bias,
+            key_bias=key_bias,
         )
     else:
-        s = scores(x, x, Q, K)
-        A = _row_weights(s, beta, log_w, _mask(jnp.arange(n), n, causal), normalization)
+        s = scores(x, x, Q, K, query_bias, key_bias)
+        A = _row_weights(s, beta, log_w, mask, normalization)
     return jnp.einsum("hij,hje->ie", A, values)

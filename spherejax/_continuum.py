@@ -139,7 +139,8 @@ def feature_continuum(
     quadrature error. Use `to_features` / `from_features` to convert tokens.
     """
     nodes, weights = quadrature(num, rule)
-    return (nodes, weights) + _operators((q, k, v), nodes, weights)
+    Q, K, V = _operators((q, k, v), nodes, weights)
+    return nodes, weights, Q, K, V
 
 
 @eqx.filter_jit
@@ -211,7 +212,8 @@ def gaussian_closure(
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=100_000,
     )
-    return sol.ys
+    means, covs = sol.ys  # pyright: ignore[reportGeneralTypeIssues]
+    return means, covs
 
 
 def _closure_rhs(t, state, args):

