@@ -72,6 +72,11 @@ from ._manifold import (
     LayerNormSphere as LayerNormSphere,
     Sphere as Sphere,
 )
+from ._measure import (
+    MeasureLoss as MeasureLoss,
+    mmd2 as mmd2,
+    sinkhorn_divergence as sinkhorn_divergence,
+)
 from ._real import (
     LowRankLayerFlow as LowRankLayerFlow,
     MiniLMData as MiniLMData,

@@ -49,7 +49,6 @@ import math
 
 import diffrax
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -158,7 +157,7 @@ class CircleDensity(eqx.Module):
         """The grid angles $\\theta_j = 2\\pi j / M$."""
         return 2 * jnp.pi * jnp.arange(self.modes) / self.modes
 
-    def _check(self, rho: Array) -> Array:
+    def _check(self, rho: ArrayLike) -> Array:
         rho = jnp.asarray(rho)
         if rho.shape != (self.modes,):
             raise ValueError(
@@ -188,11 +187,11 @@ class CircleDensity(eqx.Module):
         P = 2 * self.modes
         return jnp.fft.irfft(coef, n=P) * P
 
-    def _fields(self, rho: Array):
+    def _fields(self, rho: Array, ive: Array | None = None):
         """`(rho, Z_scaled, Z_scaled')` on the padded grid, `rho_hat`, `I_scaled`."""
         dtype = rho.dtype
         rho_hat = self._spectrum(rho)
-        ive = self.bessel(dtype)
+        ive = self.bessel(dtype) if ive is None else ive.astype(dtype)
         k = self._wavenumbers(dtype)
         z_hat = 2 * jnp.pi * ive * rho_hat
         fine = (
@@ -215,9 +214,11 @@ class CircleDensity(eqx.Module):
         return self._velocity_fine(z, dz)[::2]
 
     def __call__(self, t, rho: Float[Array, " M"], args=None) -> Float[Array, " M"]:
-        del t, args
+        """The right-hand side; `args` may hold `self.bessel()` precomputed (as
+        `solve_density` passes it, so the kernel is transformed once per solve)."""
+        del t
         rho = self._check(rho)
-        (rho_f, z, dz), rho_hat, _ = self._fields(rho)
+        (rho_f, z, dz), rho_hat, _ = self._fields(rho, args)
         flux = rho_f * self._velocity_fine(z, dz)
         P = 2 * self.modes
         flux_hat = jnp.fft.rfft(flux)[: self.modes // 2 + 1] / P
@@ -262,7 +263,8 @@ class CircleDensity(eqx.Module):
         rho = self._check(rho)
         if int(modes) != modes or not 1 <= modes < self.modes // 2:
             raise ValueError(
-                f"`modes` must be an integer in [1, {self.modes // 2 - 1}]; got {modes}."
+                f"`modes` must be an integer in [1, {self.modes // 2 - 1}]; "
+                f"got {modes}."
             )
         return 2 * jnp.pi * self._spectrum(rho)[1 : int(modes) + 1]
 
@@ -494,7 +496,7 @@ class SphereDensity(eqx.Module):
         e = jnp.exp(self.beta.astype(dtype) * (self.gl_nodes.astype(dtype) - 1))
         return 2 * jnp.pi * (self.gl_legendre.astype(dtype) @ e)
 
-    def _check(self, c: Array) -> Array:
+    def _check(self, c: ArrayLike) -> Array:
         c = jnp.asarray(c)
         if c.shape != (self.size,):
             raise ValueError(
@@ -519,9 +521,10 @@ class SphereDensity(eqx.Module):
         c = self._check(c)
         return self.basis.astype(c.dtype) @ c
 
-    def _fields(self, c: Array):
+    def _fields(self, c: Array, kappa: Array | None = None):
         dt = c.dtype
-        kappa = self.funk_hecke(dt)[jnp.asarray(self._degrees())]
+        kappa = self.funk_hecke(dt) if kappa is None else kappa.astype(dt)
+        kappa = kappa[jnp.asarray(self._degrees())]
         zc = kappa * c
         rho = self.basis.astype(dt) @ c
         z = self.basis.astype(dt) @ zc
@@ -541,12 +544,11 @@ class SphereDensity(eqx.Module):
         return self._velocity(z, dz)
 
     def __call__(self, t, c: Float[Array, " S"], args=None) -> Float[Array, " S"]:
-        del t, args
+        """The right-hand side; `args` may hold `self.funk_hecke()` precomputed."""
+        del t
         c = self._check(c)
-        rho, z, dz = self._fields(c)
-        flux = (self.weights.astype(c.dtype) * rho)[:, None] * self._velocity(
-            z, dz
-        )
+        rho, z, dz = self._fields(c, args)
+        flux = (self.weights.astype(c.dtype) * rho)[:, None] * self._velocity(z, dz)
         rate = jnp.einsum("qsk,qk->s", self.gradients.astype(c.dtype), flux)
         ll = jnp.asarray(self._degrees() * (self._degrees() + 1), c.dtype)
         return rate - self.diffusion.astype(c.dtype) * ll * c
@@ -640,6 +642,11 @@ def solve_density(
         jnp.asarray(t1, dtype),
         None,
         rho0,
+        args=(
+            density.bessel(dtype)
+            if isinstance(density, CircleDensity)
+            else density.funk_hecke(dtype)
+        ),
         saveat=saveat,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
