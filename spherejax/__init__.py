@@ -24,6 +24,16 @@ from ._continuum import (
     to_features as to_features,
     token_continuum as token_continuum,
 )
+from ._density import (
+    CircleDensity as CircleDensity,
+    SphereDensity as SphereDensity,
+    circle_growth_rates as circle_growth_rates,
+    empirical_fourier as empirical_fourier,
+    fourier_distance as fourier_distance,
+    solve_density as solve_density,
+    sphere_harmonics as sphere_harmonics,
+    sphere_quadrature as sphere_quadrature,
+)
 from ._diagnostics import (
     cluster_count as cluster_count,
     clusters as clusters,
@@ -65,6 +75,11 @@ from ._manifold import (
     Euclidean as Euclidean,
     LayerNormSphere as LayerNormSphere,
     Sphere as Sphere,
+)
+from ._measure import (
+    MeasureLoss as MeasureLoss,
+    mmd2 as mmd2,
+    sinkhorn_divergence as sinkhorn_divergence,
 )
 from ._sharding import (
     TokenSharded as TokenSharded,
