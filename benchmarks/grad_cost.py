@@ -6,8 +6,9 @@ functional of the final state; gradient with respect to (Q, K, V, beta) by
 `jax.grad` through `diffrax.RecursiveCheckpointAdjoint` (spherejax's default),
 with its default checkpointing (binomial, sized by `max_steps`) and with one
 checkpoint per step, and through `spherejax.ReplayAdjoint` (the accepted steps
-replayed from their stored stages, no re-run; `max_steps=128`). Forward and gradient are compiled first, then timed
-interleaved in this process (median over rounds of the per-round ratio).
+replayed from their stored stages, no re-run; `max_steps=128`). Forward and
+gradient are compiled first, then timed interleaved in this process (median over
+rounds of the per-round ratio).
 
     python benchmarks/grad_cost.py
 """

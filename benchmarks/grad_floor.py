@@ -71,7 +71,8 @@ def main():
             f"dtype={jnp.dtype(dtype).name} n={N} d={D} f_ms={1e3 * med['f']:.3f} "
             f"vjp/f={med['vjp_f'] / med['f']:.2f} (flop floor 3) "
             f"scan{STEPS}_ms={1e3 * med['scan']:.2f} "
-            f"grad/forward stored={med['grad_scan_stored'] / med['scan']:.2f} (floor 3) "
+            "grad/forward stored="
+            f"{med['grad_scan_stored'] / med['scan']:.2f} (floor 3) "
             f"checkpointed={med['grad_scan_ckpt'] / med['scan']:.2f} (floor 4)",
             flush=True,
         )

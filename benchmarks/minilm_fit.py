@@ -1,8 +1,8 @@
 """Fit a layerwise attention flow to all-MiniLM-L6-v2's per-layer hidden states and
 compare its held-out tracking action with the best constant-velocity baseline.
 
-    PYTHONPATH=. python benchmarks/minilm_fit.py            # the cached paths (no torch)
-    HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/minilm_fit.py --live   # more sentences
+    PYTHONPATH=. python benchmarks/minilm_fit.py         # the cached paths (no torch)
+    HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/minilm_fit.py --live  # more text
 
 Default: the cache (`spherejax.minilm_dataset()`, 9 sentences of 10 tokens; train on
 the first 6, hold out 3). `--live` (needs the `real` extra) also runs the model on 30
@@ -100,7 +100,8 @@ def main():
         held_out = jnp.concatenate([held_out, jnp.stack(fresh).astype(train.dtype)])
         held_out = sj.LayerNormSphere().project(held_out)
     print(
-        f"# minilm_fit: train {train.shape[0]} sentences, held out {held_out.shape[0]}, "
+        f"# minilm_fit: train {train.shape[0]} sentences, "
+        f"held out {held_out.shape[0]}, "
         f"n = {train.shape[2]}, rank {args.rank}, {args.steps} Adam steps, "
         f"jax {jax.__version__} {jax.devices()[0].device_kind}"
     )

@@ -204,7 +204,8 @@ def bench(label, field, counted_field, solver, kind, params, y0, ref, T, out):
         out.append(row)
         name = "dt" if kind == "fixed" else "rtol"
         print(
-            f"{label:44s} {name}={p:<8g} evals={'(below)' if evals is None else evals:<7} "
+            f"{label:44s} {name}={p:<8g} "
+            f"evals={'(below)' if evals is None else evals:<7} "
             f"steps={int(steps):<6d} "
             f"wall={wall * 1e3:9.2f} ms  err={err:.3e}  violation={viol:.1e}  "
             f"jax={jax.__version__} device={dev.platform}:{dev.device_kind}",
@@ -290,7 +291,8 @@ def plot(panels, png):
 
 def table(results):
     lines = [
-        "| solver | step / rtol | attention evals | steps | wall (ms) | max error | violation |",
+        "| solver | step / rtol | attention evals | steps | wall (ms) | max error "
+        "| violation |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
@@ -316,7 +318,10 @@ def summary(title, results):
             best_c, best = costs[0]
             if len(costs) > 1:
                 second_c, second = costs[1]
-                margin = f"{second_c / best_c:.2f}x cheaper than the runner-up {second} ({fmt(second_c)})"
+                margin = (
+                    f"{second_c / best_c:.2f}x cheaper than the runner-up "
+                    f"{second} ({fmt(second_c)})"
+                )
             else:
                 margin = "the only solver to reach it"
             lines.append(
@@ -366,7 +371,8 @@ def main(argv=None):
     t = time.perf_counter()
     ref_a = reference(x0, T, lambda x: np_sa(x, beta))
     print(
-        f"# reference (a): scipy DOP853 rtol=atol=1e-13, {time.perf_counter() - t:.1f} s",
+        "# reference (a): scipy DOP853 rtol=atol=1e-13, "
+        f"{time.perf_counter() - t:.1f} s",
         flush=True,
     )
     results_a = []
@@ -397,7 +403,8 @@ def main(argv=None):
                     solver=solver.solver,
                 )
                 field, counted_field = sj.Sum(attn, ffn), sj.Sum(attn_c, ffn)
-                # the timed run uses the uncounted parts, the counting run the counted ones
+                # the timed run uses the uncounted parts, the counting run the
+                # counted ones
                 bench_split(
                     label,
                     field,

@@ -1,4 +1,5 @@
-"""Chunked attention (`chunk_size`) against the dense evaluation and numpy references."""
+"""Chunked attention (`chunk_size`) against the dense evaluation and numpy
+references."""
 
 import equinox as eqx
 import jax
