@@ -34,6 +34,7 @@ leading ensemble axis of size `b` and member `m` uses the field
 """
 
 import dataclasses
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -112,9 +113,15 @@ class EnsembleField(AbstractField):
             self.field.check_tokens(y[0])
 
     def jump_times(self) -> Array | None:
-        if self.batched_field:
+        """The field's jump times (with a batch of fields: every member's, sorted;
+        stopping at another member's jump costs a step, never accuracy)."""
+        if not self.batched_field:
+            return self.field.jump_times()
+        one = jax.tree.map(lambda a: a[0], self.field)
+        if one.jump_times() is None:
             return None
-        return self.field.jump_times()
+        jumps = eqx.filter_vmap(lambda f: f.jump_times())(self.field)
+        return jnp.sort(jnp.ravel(jumps))
 
     def __call__(self, t, y, args=None):
         fn = eqx.filter_vmap(lambda f, x: f(t, x, args), in_axes=(self._axes(), 0))
@@ -198,7 +205,9 @@ def solve_ensemble(
     for name in ("y0", "field", "project"):
         if name in solve_kwargs:
             raise ValueError(f"`{name}` is not an option of `solve_ensemble`.")
-    kw = dict(rtol=rtol, atol=atol, stepsize_controller=stepsize_controller)
+    kw: dict[str, Any] = dict(
+        rtol=rtol, atol=atol, stepsize_controller=stepsize_controller
+    )
     kw.update(solve_kwargs)
 
     if step_size == "independent":
@@ -209,8 +218,12 @@ def solve_ensemble(
         return eqx.filter_vmap(one, in_axes=(ens._axes(), 0))(field, y0s)
 
     if stepsize_controller is None and kw.get("dt0") is None:
-        kw["stepsize_controller"] = diffrax.PIDController(
-            rtol=rtol, atol=atol, norm=worst_member_rms_norm, jump_ts=ens.jump_times()
+        ctrl = diffrax.PIDController(rtol=rtol, atol=atol, norm=worst_member_rms_norm)
+        jumps = ens.jump_times()
+        kw["stepsize_controller"] = (
+            ctrl
+            if jumps is None
+            else diffrax.ClipStepSizeController(ctrl, jump_ts=jumps)
         )
     sol = solve(ens, y0s, t1, **kw)
     b = y0s.shape[0]
