@@ -10,9 +10,11 @@ replayed from their stored stages, no re-run; `max_steps=128`). Forward and
 gradient are compiled first, then timed interleaved in this process (median over
 rounds of the per-round ratio).
 
-    python benchmarks/grad_cost.py
+    python benchmarks/grad_cost.py [--n N] [--d D] [--dtypes float64,float32]
+        [--rounds R]
 """
 
+import argparse
 import time
 
 import diffrax
@@ -28,9 +30,22 @@ jax.config.update("jax_enable_x64", True)
 N, D, BETA, T1 = 256, 64, 4.0, 10.0
 
 
-def main():
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description="gradient cost / forward cost of solve")
+    p.add_argument("--n", type=int, default=N)
+    p.add_argument("--d", type=int, default=D)
+    p.add_argument("--dtypes", default="float64,float32")
+    p.add_argument("--rounds", type=int, default=7)
+    a = p.parse_args(argv)
+    dtypes = [jnp.dtype(s) for s in a.dtypes.split(",")]
+    return measure(a.n, a.d, dtypes, a.rounds)
+
+
+def measure(N: int, D: int, dtypes, rounds: int = 7) -> list[dict]:
+    """One row per dtype (also printed); `N`, `D` shadow the module defaults."""
     print(header("grad_cost"))
-    for dtype in (jnp.float64, jnp.float32):
+    rows = []
+    for dtype in dtypes:
         keys = jax.random.split(jax.random.PRNGKey(0), 5)
         Q, K, V = (
             jnp.eye(D, dtype=dtype) + 0.1 * jax.random.normal(k, (D, D), dtype)
@@ -51,12 +66,6 @@ def main():
         steps = int(steps)
         per_step = diffrax.RecursiveCheckpointAdjoint(checkpoints=steps + 1)
         replay = sj.ReplayAdjoint(max_steps=128)
-        g_ref = jax.jit(jax.grad(lambda p: loss(p)[0]))(params)
-        g_rep = jax.jit(jax.grad(lambda p: loss(p, replay)[0]))(params)
-        rel = max(
-            float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
-            for a, b in zip(g_ref, g_rep)
-        )
         fns = {
             "forward": jax.jit(lambda p: loss(p)[0]),
             "grad": jax.jit(jax.grad(lambda p: loss(p)[0])),
@@ -69,7 +78,12 @@ def main():
             t = time.perf_counter()
             fns[k] = fns[k].lower(*args[k]).compile()
             compile_s[k] = time.perf_counter() - t
-        med, ratio = compare(fns, args, rounds=7)
+        g_ref, g_rep = fns["grad"](params), fns["grad_replay"](params)
+        rel = max(
+            float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+            for a, b in zip(g_ref, g_rep)
+        )
+        med, ratio = compare(fns, args, rounds=rounds)
         print(
             f"dtype={jnp.dtype(dtype).name} n={N} d={D} steps={steps} "
             f"forward_ms={1e3 * med['forward']:.1f} grad_ms={1e3 * med['grad']:.1f} "
@@ -82,6 +96,20 @@ def main():
             f"compile_s(fwd,grad)={compile_s['forward']:.1f},{compile_s['grad']:.1f}",
             flush=True,
         )
+        rows.append(
+            {
+                "dtype": jnp.dtype(dtype).name,
+                "n": N,
+                "d": D,
+                "steps": steps,
+                "forward_ms": 1e3 * med["forward"],
+                "grad/forward": ratio["grad"],
+                "grad_ckpt_per_step/forward": ratio["grad_per_step_ckpt"],
+                "grad_replay/forward": ratio["grad_replay"],
+                "replay_vs_default_rel_diff": rel,
+            }
+        )
+    return rows
 
 
 if __name__ == "__main__":

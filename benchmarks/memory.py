@@ -29,7 +29,8 @@ import sys
 import time
 
 
-N, D, CHUNK = 65536, 64, 1024
+# MEMORY_N: a smaller n for smoke tests (benchmarks/run_all.py --quick)
+N, D, CHUNK = int(os.environ.get("MEMORY_N", 65536)), 64, 1024
 
 
 def peak_rss_mb() -> float:

@@ -41,6 +41,11 @@ from ._diagnostics import (
     pairwise_cosines as pairwise_cosines,
 )
 from ._energy import interaction_energy as interaction_energy
+from ._ensemble import (
+    EnsembleField as EnsembleField,
+    solve_ensemble as solve_ensemble,
+    worst_member_rms_norm as worst_member_rms_norm,
+)
 from ._field import (
     AbstractField as AbstractField,
     FeedForward as FeedForward,
