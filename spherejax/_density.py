@@ -85,6 +85,17 @@ def _check_beta(beta, limit: float, what: str) -> Array:
     return beta
 
 
+def _check_value(V) -> Array:
+    V = jnp.asarray(V)
+    if not jnp.issubdtype(V.dtype, jnp.floating):
+        V = V.astype(jnp.result_type(float))
+    if V.shape != (2, 2):
+        raise ValueError(f"`V` must be a 2x2 matrix; got shape {V.shape}.")
+    if is_concrete(V) and not bool(jnp.all(jnp.isfinite(V))):
+        raise ValueError("`V` contains NaN or inf.")
+    return V
+
+
 class CircleDensity(eqx.Module):
     r"""The mean-field continuity equation on the circle, discretised by a
     Fourier pseudo-spectral method; a vector field `(t, rho, args) -> drho/dt`
@@ -119,10 +130,36 @@ class CircleDensity(eqx.Module):
     (for $\nu = 0$ they contract like $e^{-t}$), Gibbs oscillations make it
     negative. `solve_density` detects and reports this; add modes, shorten the
     horizon, or add a small `diffusion`.
+
+    **A value matrix.** With `V` (a $2\times2$ matrix; default the identity) and
+    still $Q = K = I$, the kernel is unchanged and, with
+    $x = (\cos\theta, \sin\theta)$, $\tau = (-\sin\theta, \cos\theta)$ and
+    $y = (\cos\phi, \sin\phi)$,
+    $$G[\rho](\theta) = \int e^{\beta\cos(\theta-\phi)}\,y\,\rho(\phi)\,d\phi,
+    \qquad v[\rho] = \frac{\langle\tau, V G\rangle}{Z}\ \text{(SA)},\qquad
+    v[\rho] = \langle\tau, V G\rangle\ \text{(USA)},$$
+    the mean-field limit of `SelfAttention(I, I, V, beta)` on the circle. The two
+    components of $G$ are convolutions of the kernel with $\rho\cos\phi$ and
+    $\rho\sin\phi$ (modes $|k| \le M/2$, whose coefficients are shifts of
+    $\hat\rho$), computed exactly in spectral space like $Z$; for $V = I$,
+    $\langle\tau, G\rangle = Z'/\beta$ and this is the field above. The
+    discretisation is otherwise the same (the flux's modes beyond the padded
+    grid's band do not alias onto $|k| < M/2$), and mass is conserved to
+    round-off. The energy identity $\frac{d}{dt}E = \int\rho Z|v|^2$ (SA) /
+    $\int\rho|v|^2$ (USA), hence the monotonicity of $E_\beta$, holds for
+    $V = I$ (and, rescaled by $c$, for $V = cI$, $c > 0$); it is not claimed for
+    other $V$: for $V \ne cI$, even symmetric positive definite, $\dot E$ has
+    a term of either sign (the monotone energy of a general $V$ needs the kernel
+    $e^{\beta\langle x, Vy\rangle}$, i.e. $Q^\top K = V$, which this class does
+    not model). `energy_rate` returns the exact
+    $\frac{d}{dt}E = \int\rho Z v_I v$ (SA) / $\int\rho v_I v$ (USA),
+    $v_I = Z'/(\beta Z)$ resp. $Z'/\beta$ the field for $V = I$, which is not
+    sign-definite.
     """
 
     beta: Float[Array, ""]
     diffusion: Float[Array, ""]
+    V: Float[Array, "2 2"] | None
     modes: int = eqx.field(static=True)
     normalization: str = eqx.field(static=True)
     kernel_points: int = eqx.field(static=True)
@@ -135,6 +172,7 @@ class CircleDensity(eqx.Module):
         normalization: str = "softmax",
         diffusion: ArrayLike = 0.0,
         kernel_points: int | None = None,
+        V: ArrayLike | None = None,
     ):
         if int(modes) != modes or modes < 4 or modes % 2:
             raise ValueError(f"`modes` must be an even integer >= 4; got {modes}.")
@@ -151,6 +189,7 @@ class CircleDensity(eqx.Module):
         )
         self.diffusion = _check_common(normalization, diffusion)
         self.normalization = normalization
+        self.V = None if V is None else _check_value(V)
 
     @property
     def nodes(self) -> Float[Array, " M"]:
@@ -207,19 +246,46 @@ class CircleDensity(eqx.Module):
             return dz / (beta * z)
         return jnp.exp(beta) * dz / beta
 
+    def _value_velocity_fine(
+        self, V: Array, rho_hat: Array, ive: Array, z: Array
+    ) -> Array:
+        """The field for a general `V` on the padded grid (`z` scaled as in
+        `_fields`)."""
+        dtype = z.dtype
+        V = V.astype(dtype)
+        # coefficients k = 0..M/2 of rho cos and rho sin: shifts of rho_hat
+        # (rho_hat_{-1} = conj(rho_hat_1); rho_hat_{M/2} = rho_hat_{M/2+1} = 0)
+        prev = jnp.concatenate([jnp.conj(rho_hat[1:2]), rho_hat[:-1]])
+        nxt = jnp.concatenate([rho_hat[1:], jnp.zeros(1, rho_hat.dtype)])
+        gc = self._on_fine(2 * jnp.pi * ive * (prev + nxt) / 2)
+        gs = self._on_fine(2 * jnp.pi * ive * (prev - nxt) / 2j)
+        P = 2 * self.modes
+        t = 2 * jnp.pi * jnp.arange(P, dtype=dtype) / P
+        vg0 = V[0, 0] * gc + V[0, 1] * gs
+        vg1 = V[1, 0] * gc + V[1, 1] * gs
+        num = -jnp.sin(t) * vg0 + jnp.cos(t) * vg1
+        if self.normalization == "softmax":
+            return num / z
+        return jnp.exp(self.beta.astype(dtype)) * num
+
+    def _flow_fine(self, z: Array, dz: Array, rho_hat: Array, ive: Array) -> Array:
+        if self.V is None:
+            return self._velocity_fine(z, dz)
+        return self._value_velocity_fine(self.V, rho_hat, ive, z)
+
     def velocity(self, rho: Float[ArrayLike, " M"]) -> Float[Array, " M"]:
         r"""The angular velocity $v[\rho](\theta_j)$ at the nodes."""
         rho = self._check(rho)
-        (_, z, dz), _, _ = self._fields(rho)
-        return self._velocity_fine(z, dz)[::2]
+        (_, z, dz), rho_hat, ive = self._fields(rho)
+        return self._flow_fine(z, dz, rho_hat, ive)[::2]
 
     def __call__(self, t, rho: Float[Array, " M"], args=None) -> Float[Array, " M"]:
         """The right-hand side; `args` may hold `self.bessel()` precomputed (as
         `solve_density` passes it, so the kernel is transformed once per solve)."""
         del t
         rho = self._check(rho)
-        (rho_f, z, dz), rho_hat, _ = self._fields(rho, args)
-        flux = rho_f * self._velocity_fine(z, dz)
+        (rho_f, z, dz), rho_hat, ive = self._fields(rho, args)
+        flux = rho_f * self._flow_fine(z, dz, rho_hat, ive)
         P = 2 * self.modes
         flux_hat = jnp.fft.rfft(flux)[: self.modes // 2 + 1] / P
         flux_hat = flux_hat.at[-1].set(0.0)
@@ -248,11 +314,16 @@ class CircleDensity(eqx.Module):
     def energy_rate(self, rho: Float[ArrayLike, " M"]) -> Float[Array, ""]:
         r"""The dissipation identity's right-hand side ($\nu = 0$):
         $\int\rho Z|v|^2$ (SA) or $\int\rho|v|^2$ (USA), by the trapezoidal rule on
-        the padded grid."""
+        the padded grid. With a general `V`: $\int\rho Z v_I v$ (SA) or
+        $\int\rho v_I v$ (USA), $v_I$ the field for $V = I$ (still $dE/dt$, but of
+        either sign)."""
         rho = self._check(rho)
-        (rho_f, z, dz), _, _ = self._fields(rho)
+        (rho_f, z, dz), rho_hat, ive = self._fields(rho)
         v = self._velocity_fine(z, dz)
-        density = rho_f * v**2
+        if self.V is None:
+            density = rho_f * v**2
+        else:
+            density = rho_f * v * self._value_velocity_fine(self.V, rho_hat, ive, z)
         if self.normalization == "softmax":
             density = density * z * jnp.exp(self.beta.astype(rho.dtype))
         return 2 * jnp.pi * jnp.mean(density)
@@ -277,6 +348,8 @@ CircleDensity.__init__.__doc__ = """**Arguments:**
 - `diffusion`: `nu >= 0`, adds `nu * rho''` (default 0).
 - `kernel_points`: FFT size for the kernel's Bessel coefficients (default
   `max(4 M, 1024)`); `beta` must stay below `(kernel_points - M/2) / 4`.
+- `V`: the value matrix, `(2, 2)` and finite (default `None`, the identity):
+  `v = <tau, V G> / Z` (SA) or `<tau, V G>` (USA), see above.
 """
 
 
