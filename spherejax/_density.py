@@ -151,7 +151,7 @@ class CircleDensity(eqx.Module):
     other $V$: for $V \ne cI$, even symmetric positive definite, $\dot E$ has
     a term of either sign (the monotone energy of a general $V$ needs the kernel
     $e^{\beta\langle x, Vy\rangle}$, i.e. $Q^\top K = V$, which this class does
-    not model). `energy_rate` returns the exact
+    not model). With a general `V`, `energy_rate` returns the exact
     $\frac{d}{dt}E = \int\rho Z v_I v$ (SA) / $\int\rho v_I v$ (USA),
     $v_I = Z'/(\beta Z)$ resp. $Z'/\beta$ the field for $V = I$, which is not
     sign-definite.
