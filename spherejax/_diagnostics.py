@@ -4,11 +4,12 @@ reference ODE."""
 from typing import cast
 
 import diffrax
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._misc import safe_norm
+from ._misc import is_concrete, safe_norm
 
 
 def pairwise_cosines(x: Float[ArrayLike, "n d"]) -> Float[Array, "n n"]:
@@ -94,12 +95,23 @@ def equiangular(
         raise ValueError("`ts` must be finite and non-decreasing.")
     if isinstance(n, bool) or int(n) != n or n < 2:
         raise ValueError(f"`n` must be an integer >= 2; got {n!r}.")
-    if not np.isfinite(float(beta)):
-        raise ValueError(f"`beta` must be finite; got {beta}.")
-    if not -1 / (n - 1) <= float(rho0) <= 1:
-        raise ValueError(
-            f"`rho0` must lie in [-1/(n - 1), 1] = [{-1 / (n - 1):.4g}, 1] (the "
-            f"inner products of {n} equiangular unit vectors); got {rho0}."
+    rho0_message = (
+        f"`rho0` must lie in [-1/(n - 1), 1] = [{-1 / (n - 1):.4g}, 1] (the "
+        f"inner products of {n} equiangular unit vectors); got {{}}."
+    )
+    if is_concrete(beta):
+        if not np.isfinite(float(beta)):
+            raise ValueError(f"`beta` must be finite; got {beta}.")
+    else:  # traced (jit, vmap over beta): checked at run time
+        beta = eqx.error_if(beta, ~jnp.isfinite(beta), "`beta` must be finite.")
+    if is_concrete(rho0):
+        if not -1 / (n - 1) <= float(rho0) <= 1:
+            raise ValueError(rho0_message.format(rho0))
+    else:
+        rho0 = eqx.error_if(
+            rho0,
+            ~((-1 / (n - 1) <= rho0) & (rho0 <= 1)),
+            rho0_message.format("a traced value outside"),
         )
     beta_t = jnp.asarray(beta, ts.dtype)
     if normalization == "softmax":
