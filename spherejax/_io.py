@@ -354,6 +354,14 @@ def field_hyperparams(field) -> dict:
         raise ValueError("`field_hyperparams` supports `SelfAttention` fields only.")
     if not isinstance(field.manifold, Sphere):
         raise ValueError("`field_hyperparams` supports fields on a `Sphere` only.")
+    extras = ("query_bias", "key_bias", "value_bias", "output_bias", "key_mask")
+    present = [name for name in extras if getattr(field, name, None) is not None]
+    if present:
+        raise ValueError(
+            "`field_hyperparams` supports `SelfAttention` fields without biases or "
+            f"key masks; this one has {', '.join(present)} (save it with `save` and "
+            "load it into a skeleton built the same way)."
+        )
     h, k, d = field.Q.shape
     return {
         "class": "SelfAttention",

@@ -200,3 +200,14 @@ def test_a_full_disk_leaves_no_temporary_file(tmp_path, getkey, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         sj.save(tmp_path / "f.sjx", _field(getkey()))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_field_hyperparams_refuses_biases_and_key_masks(getkey):
+    Q = jr.normal(getkey(), (2, 3))
+    field = sj.SelfAttention(Q, Q, jnp.eye(3), 1.0, query_bias=jnp.ones((1, 2)))
+    with pytest.raises(ValueError, match="query_bias"):
+        sj.field_hyperparams(field)
+    masked = sj.SelfAttention(Q, Q, jnp.eye(3), 1.0, key_mask=jnp.array([1, 1, 0]) > 0)
+    with pytest.raises(ValueError, match="key_mask"):
+        sj.field_hyperparams(masked)
+    assert sj.field_hyperparams(sj.SelfAttention(Q, Q, jnp.eye(3), 1.0))["k"] == 2
