@@ -25,9 +25,6 @@ def _progress_meter():
         return diffrax.TextProgressMeter()
 
 
-_NONFINITE = diffrax.RESULTS.nonfinite
-
-
 def _token_scale(y0: jax.Array) -> float:
     """Largest token entry of a concrete `y0` (1 if traced or empty)."""
     if not is_concrete(y0) or y0.size == 0:
