@@ -77,9 +77,11 @@ def solve(
       constant too.
     - `max_steps`: step budget (a positive integer, or `None` where diffrax allows
       it); exhausting it raises diffrax's error.
-    - `adjoint`: a diffrax adjoint (default `RecursiveCheckpointAdjoint`). A
-      `BacksolveAdjoint` without its own `solver` integrates the adjoint with the
-      unprojected inner solver (the adjoint state is not on the manifold).
+    - `adjoint`: any diffrax adjoint (default `RecursiveCheckpointAdjoint`), passed
+      to `diffrax.diffeqsolve` as it is. With `Retract` solvers a
+      `BacksolveAdjoint` integrates the adjoint with the unprojected inner solver
+      (see `Retract`); the native manifold solvers need
+      `BacksolveAdjoint(solver=...)` with an unconstrained solver.
       `spherejax.ReplayAdjoint` replays the accepted steps from their stored
       stages in reverse mode (no re-run; same gradients; see its docs).
     - `progress`: show diffrax's progress meter.
@@ -205,16 +207,6 @@ def solve(
 
     if adjoint is None:
         adjoint = diffrax.RecursiveCheckpointAdjoint()
-    elif (
-        isinstance(adjoint, diffrax.BacksolveAdjoint) and "solver" not in adjoint.kwargs
-    ):
-        inner = solver.solver if isinstance(solver, Retract) else None
-        if inner is None:
-            raise ValueError(
-                "`BacksolveAdjoint` with a native manifold solver needs an explicit "
-                "backward `solver=` (the adjoint state is not on the manifold)."
-            )
-        adjoint = diffrax.BacksolveAdjoint(solver=inner, **adjoint.kwargs)
 
     return diffrax.diffeqsolve(
         diffrax.ODETerm(field),

@@ -12,7 +12,6 @@ $\mathbb R^d$ acting by translation.
 import abc
 
 import diffrax
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array
@@ -77,11 +76,7 @@ class AbstractLieSolver(AbstractManifoldSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         manifold = self._require_manifold()
-        if not isinstance(y0, jax.Array):
-            raise ValueError(
-                f"`{type(self).__name__}` steps a single `(n, d)` array of tokens; got "
-                f"{type(y0).__name__}."
-            )
+        self._require_tokens(y0)
         first_step, f0 = solver_state
         skip_first = jnp.logical_not(first_step | jnp.asarray(made_jump))
         h = terms.contr(t0, t1)

@@ -6,6 +6,7 @@ from typing import Any
 
 import diffrax
 import equinox as eqx
+import jax
 
 from .._manifold import AbstractManifold
 
@@ -35,6 +36,16 @@ class AbstractManifoldSolver(diffrax.AbstractSolver):
         return eqx.tree_at(
             lambda s: s.manifold, self, manifold, is_leaf=lambda x: x is None
         )
+
+    def _require_tokens(self, y0) -> None:
+        """Refuse a state that is not one token array, naming the usual cause."""
+        if not isinstance(y0, jax.Array):
+            raise ValueError(
+                f"`{type(self).__name__}` steps a single `(n, d)` array of tokens; got "
+                f"{type(y0).__name__}. With `diffrax.BacksolveAdjoint` the adjoint "
+                "state is not on the manifold: pass "
+                "`BacksolveAdjoint(solver=<an unconstrained diffrax solver>)`."
+            )
 
     def _require_manifold(self) -> AbstractManifold:
         if self.manifold is None:

@@ -2,7 +2,7 @@
 
 import diffrax
 import equinox as eqx
-import jax
+from diffrax._term import AdjointTerm, WrapTerm  # BacksolveAdjoint's backward term
 
 from .._manifold import AbstractManifold
 from .base import AbstractManifoldSolver, projected_interpolation_cls
@@ -26,6 +26,14 @@ def with_scan_kind(
     )
 
 
+def _is_backsolve_term(terms) -> bool:
+    """Whether `terms` is the adjoint term of `diffrax.BacksolveAdjoint`'s backward
+    pass (`diffeqsolve` wraps every term in a `WrapTerm` for the time direction)."""
+    while isinstance(terms, WrapTerm):
+        terms = terms.term
+    return isinstance(terms, AdjointTerm)
+
+
 class Retract(AbstractManifoldSolver, diffrax.AbstractWrappedSolver):
     r"""Wrap an explicit diffrax solver so every step ends on the manifold.
 
@@ -45,12 +53,13 @@ class Retract(AbstractManifoldSolver, diffrax.AbstractWrappedSolver):
     `isinstance(Retract(s), T)` is true whenever `isinstance(s, T)` (diffrax's
     wrapped-solver rule), so adaptive-step and adjoint checks see the inner solver.
 
-    !!! warning
-
-        With `diffrax.BacksolveAdjoint` the backward pass integrates the adjoint
-        state too, which must not be projected: pass
-        `BacksolveAdjoint(solver=<the inner solver>)`. `spherejax.solve` does this
-        for you.
+    **With `diffrax.BacksolveAdjoint`.** Its backward pass integrates the
+    augmented state $(y, a_y, a_\theta)$ (the tokens, their adjoint, the
+    parameters' adjoint) with this same solver and diffrax's adjoint term. The
+    adjoint components are not on the manifold, so on that term `Retract` takes the
+    inner solver's step unprojected: `BacksolveAdjoint()` works as it is, both
+    through `spherejax.solve` and in `diffrax.diffeqsolve`, and equals
+    `BacksolveAdjoint(solver=<the inner solver>)`.
     """
 
     solver: diffrax.AbstractSolver
@@ -99,12 +108,9 @@ class Retract(AbstractManifoldSolver, diffrax.AbstractWrappedSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         manifold = self._require_manifold()
-        if not isinstance(y0, jax.Array):
-            raise ValueError(
-                "`Retract` steps a single array of tokens; got a "
-                f"{type(y0).__name__}. (With `BacksolveAdjoint`, pass "
-                "`BacksolveAdjoint(solver=<inner solver>)`.)"
-            )
+        if _is_backsolve_term(terms):  # BacksolveAdjoint's augmented state
+            return self._inner.step(terms, t0, t1, y0, args, solver_state, made_jump)
+        self._require_tokens(y0)
         y1, y_error, dense_info, solver_state, result = self._inner.step(
             terms, t0, t1, y0, args, solver_state, made_jump
         )

@@ -105,10 +105,7 @@ class _AbstractSplitting(AbstractManifoldSolver):
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
         manifold = self._require_manifold()
-        if not isinstance(y0, jax.Array):
-            raise ValueError(
-                f"`{type(self).__name__}` steps a single `(n, d)` array of tokens."
-            )
+        self._require_tokens(y0)
         inner = self._inner(manifold)
         y1 = self._compose(inner, terms, self._parts(terms), t0, t1, y0, args)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
