@@ -119,28 +119,27 @@ def _edited_headers(bad):
     (bad / "taken" / "simulate.json").mkdir(parents=True)
 
 
+def _readme_table(header: str) -> list[list[str]]:
+    """The cells of the README table whose header row starts with `header`."""
+    rows, in_table = [], False
+    with open(os.path.join(ROOT, "README.md")) as f:
+        for line in f:
+            if line.startswith(header):
+                in_table = True
+            elif in_table and not line.startswith("|"):
+                break
+            elif in_table and not line.startswith("| ---"):
+                rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+    return rows
+
+
 def _table_rows():
     import shlex
 
-    rows = []
-    with open(os.path.join(ROOT, "README.md")) as f:
-        in_table = False
-        for line in f:
-            if line.startswith("| what is wrong |"):
-                in_table = True
-                continue
-            if in_table and line.startswith("| ---"):
-                continue
-            if in_table and not line.startswith("|"):
-                break
-            if in_table:
-                what, command, message = (
-                    c.strip() for c in line.strip().strip("|").split(" | ")
-                )
-                rows.append(
-                    (what, shlex.split(command.strip("`")), message.strip("`").strip())
-                )
-    return rows
+    return [
+        (what, shlex.split(command.strip("`")), message.strip("`").strip())
+        for what, command, message in _readme_table("| what is wrong |")
+    ]
 
 
 BAD_INPUTS = _table_rows()
@@ -280,29 +279,10 @@ def _failure_rows():
     """The table of failures after the checks in README.md (with exit codes)."""
     import shlex
 
-    rows, in_table = [], False
-    with open(os.path.join(ROOT, "README.md")) as f:
-        for line in f:
-            if line.startswith("| what fails |"):
-                in_table = True
-                continue
-            if in_table and line.startswith("| ---"):
-                continue
-            if in_table and not line.startswith("|"):
-                break
-            if in_table:
-                what, command, code, message = (
-                    c.strip() for c in line.strip().strip("|").split(" | ")
-                )
-                rows.append(
-                    (
-                        what,
-                        shlex.split(command.strip("`")),
-                        int(code),
-                        message.strip("`"),
-                    )
-                )
-    return rows
+    return [
+        (what, shlex.split(command.strip("`")), int(code), message.strip("`"))
+        for what, command, code, message in _readme_table("| what fails |")
+    ]
 
 
 FAILURES = _failure_rows()
