@@ -5,7 +5,7 @@ Runs all-MiniLM-L6-v2 (imported with `spherejax.from_huggingface` from the packa
 short sentences of the same token count and saves the flow's per-layer states on
 the LayerNorm manifold (`minilm_trajectories`) as float32, with the sentences and
 the model name, so that the fit, its test and the notebook run without the extra
-(`spherejax.minilm_dataset()`).
+(`spherejax.models.minilm_dataset()`).
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/extract_minilm.py [--out PATH]
 
@@ -42,7 +42,7 @@ def main():
     parser.add_argument("--out", default=str(sj.models.MINILM_CACHE))
     args = parser.parse_args()
     start = time.perf_counter()
-    paths = sj.minilm_trajectories(SENTENCES, dtype=jnp.float64)
+    paths = sj.models.minilm_trajectories(SENTENCES, dtype=jnp.float64)
     elapsed = time.perf_counter() - start
     lengths = {p.shape[1] for p in paths}
     if len(lengths) != 1:

@@ -7,7 +7,7 @@ transformers, the optional `real` extra):
   2-layer BERT and a 2-layer GPT-2 with random weights, random non-zero biases and
   LayerNorm parameters;
 - `tests/data/minilm_hidden_hf.npz`: all-MiniLM-L6-v2's hidden states (float64) for
-  the first sentence of the cached MiniLM paths (`spherejax.minilm_dataset()`).
+  the first sentence of the cached MiniLM paths (`spherejax.models.minilm_dataset()`).
 
 With these the importer is checked against transformers where torch is absent.
 
@@ -98,7 +98,7 @@ def main():
     write(tiny_bert(torch, transformers), torch, "tiny_bert")
     write(tiny_gpt2(torch, transformers), torch, "tiny_gpt2")
     path = sj.models.minilm_path()
-    ids, mask = tokenize(path, [sj.minilm_dataset().sentences[0]])
+    ids, mask = tokenize(path, [sj.models.minilm_dataset().sentences[0]])
     model = transformers.AutoModel.from_pretrained(
         path, local_files_only=True, attn_implementation="eager"
     )

@@ -4,9 +4,9 @@ compare its held-out tracking action with the best constant-velocity baseline.
     PYTHONPATH=. python benchmarks/minilm_fit.py         # the cached paths (no torch)
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/minilm_fit.py --live  # more text
 
-Default: the cache (`spherejax.minilm_dataset()`, 9 sentences of 10 tokens; train on
-the first 6, hold out 3). `--live` (needs the `real` extra) also runs the model on 30
-more sentences of 10 tokens (`MORE`), trains on the same 6 and holds out 33.
+Default: the cache (`spherejax.models.minilm_dataset()`, 9 sentences of 10 tokens;
+train on the first 6, hold out 3). `--live` (needs the `real` extra) also runs the model
+on 30 more sentences of 10 tokens (`MORE`), trains on the same 6 and holds out 33.
 
 Flow: `LowRankLayerFlow` (per layer: GLPR attention `Q = K = I, V = alpha I` with a
 learnt `beta`, plus a rank-`r` linear token-wise term and a drift), started at the
@@ -67,7 +67,9 @@ MORE = [
 
 def fit_flow(ts, train, base, rank, steps, attention=True, lr=1e-2):
     c = jnp.stack([base.layer(k).b2 for k in range(base.num_layers)])
-    init = sj.LowRankLayerFlow.init(ts, train.shape[-1], rank, key=jr.PRNGKey(0), c=c)
+    init = sj.models.LowRankLayerFlow.init(
+        ts, train.shape[-1], rank, key=jr.PRNGKey(0), c=c
+    )
     spec = jax.tree.map(eqx.is_inexact_array, init)
     if not attention:
         spec = eqx.tree_at(lambda m: (m.alpha, m.beta), spec, (False, False))
@@ -93,10 +95,10 @@ def main():
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     jax.config.update("jax_enable_x64", True)
-    data = sj.minilm_dataset()
+    data = sj.models.minilm_dataset()
     ts, train, held_out = data.ts, data.paths[:6], data.paths[6:]
     if args.live:
-        fresh = sj.minilm_trajectories(MORE)
+        fresh = sj.models.minilm_trajectories(MORE)
         held_out = jnp.concatenate([held_out, jnp.stack(fresh).astype(train.dtype)])
         held_out = sj.LayerNormSphere().project(held_out)
     print(
@@ -106,9 +108,9 @@ def main():
         f"jax {jax.__version__} {jax.devices()[0].device_kind}"
     )
     start = time.perf_counter()
-    base = sj.constant_velocity_baseline(ts, train)
+    base = sj.models.constant_velocity_baseline(ts, train)
     print(f"baseline (closed form): {time.perf_counter() - start:.2f} s")
-    b_test = np.asarray(sj.interval_actions(base, ts, held_out))
+    b_test = np.asarray(sj.models.interval_actions(base, ts, held_out))
     for attention in (True, False):
         name = "attention + token-wise" if attention else "token-wise only (alpha = 0)"
         _, _, t1 = fit_flow(ts, train, base, args.rank, 1, attention)
@@ -116,8 +118,8 @@ def main():
             ts, train, base, args.rank, args.steps + 1, attention
         )
         per_step = (tn - t1) / args.steps
-        f_test = np.asarray(sj.interval_actions(flow, ts, held_out))
-        r_train = float(sj.tracking_ratio(flow, base, ts, train))
+        f_test = np.asarray(sj.models.interval_actions(flow, ts, held_out))
+        r_train = float(sj.models.tracking_ratio(flow, base, ts, train))
         print(
             f"{name:28s} held-out ratio {f_test.sum() / b_test.sum():.3f}  train ratio "
             f"{r_train:.3f}  loss {float(losses[0]):.2f} -> {float(losses[-1]):.2f}  "

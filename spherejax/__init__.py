@@ -1,5 +1,6 @@
 """spherejax: attention flows on spheres, in JAX."""
 
+from . import models as models
 from ._action import (
     AbstractLagrangian as AbstractLagrangian,
     Kinetic as Kinetic,
@@ -127,15 +128,34 @@ from ._transformer import (
 )
 from ._version import __version__ as __version__
 from .models import (
-    LowRankLayerFlow as LowRankLayerFlow,
-    MiniLMData as MiniLMData,
     ResidualFlow as ResidualFlow,
     TransformerFlow as TransformerFlow,
-    constant_velocity_baseline as constant_velocity_baseline,
     from_huggingface as from_huggingface,
     from_torch_encoder as from_torch_encoder,
-    interval_actions as interval_actions,
-    minilm_dataset as minilm_dataset,
-    minilm_trajectories as minilm_trajectories,
-    tracking_ratio as tracking_ratio,
 )
+
+
+# The MiniLM research tools live in `spherejax.models` only; their former top-level
+# names still resolve, with a DeprecationWarning naming the new home.
+_MOVED_TO_MODELS = (
+    "LowRankLayerFlow",
+    "MiniLMData",
+    "constant_velocity_baseline",
+    "interval_actions",
+    "minilm_dataset",
+    "minilm_trajectories",
+    "tracking_ratio",
+)
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_MODELS:
+        import warnings
+
+        warnings.warn(
+            f"`spherejax.{name}` moved to `spherejax.models.{name}`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(models, name)
+    raise AttributeError(f"module 'spherejax' has no attribute {name!r}")

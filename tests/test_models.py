@@ -172,7 +172,7 @@ def test_minilm_fixture_without_torch():
     path = sj.models.minilm_path()
     with np.load(DATA / "minilm_hidden_hf.npz") as f:
         ids, mask, ref = f["input_ids"], f["attention_mask"], f["hidden_states"]
-    sentence = sj.minilm_dataset().sentences[0]
+    sentence = sj.models.minilm_dataset().sentences[0]
     np.testing.assert_array_equal(tokenize(path, [sentence])[0], ids)
     flow = sj.from_huggingface(path, dtype=jnp.float64)
     assert _valid_error(flow.hidden_states(ids, mask), ref, mask) < 1e-9

