@@ -77,7 +77,12 @@ SCHEMA: dict = {
         "rows",
         {"b": int, "n": int, "d": int, "SelfAttention/floor3": "number"},
     ),
-    "ensemble": {"members": int, "rows": dict, "floor3_one_evaluation_ms": "number"},
+    "ensemble": {
+        "members": int,
+        "rows": dict,
+        "speedup": dict,
+        "floor3_one_evaluation_ms": "number",
+    },
     "grad_cost": ("rows", {"dtype": str, "n": int, "grad/forward": "number"}),
     "memory": ("rows", {"config": str, "n": int, "peak_rss_mb": "number"}),
     "errors": dict,
