@@ -20,7 +20,8 @@ Sections (the JSON schema is `SCHEMA` below and in `benchmarks/README.md`):
   `grad_compiled`), each in a child process.
 
 `--quick` runs every section at tiny sizes (n = 128 attention with 64-row chunks,
-4 ensemble members, a scipy DOP853 reference and no torchdiffeq row, the gradient
+4 ensemble members, a scipy DOP853 reference, no torchdiffeq and no
+`SelfAttention.identity` rows, the gradient
 at n = 8, memory at n = 2048 without the gradient).
 
 Every figure is a median over interleaved rounds in one process
@@ -280,7 +281,12 @@ def main(argv=None) -> int:
     section("field_small", lambda: ens.field_ratios(shapes, rounds=3 if a.quick else 7))
     section(
         "ensemble",
-        lambda: ens.ensemble(members, rounds=2 if a.quick else 3, peers=not a.quick),
+        lambda: ens.ensemble(
+            members,
+            rounds=2 if a.quick else 3,
+            peers=not a.quick,
+            general_field=not a.quick,
+        ),
     )
     section("grad_cost", lambda: grad_cost.main(grad_args))
     section("memory", lambda: memory(mem_n, mem_configs))
