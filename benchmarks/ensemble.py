@@ -14,9 +14,12 @@ sphere. Reference: `solve_ensemble` at `rtol = 1e-12, atol = 1e-14`, checked
 against scipy `DOP853` (rtol = atol = 1e-13) on three members. Rows:
 
 - `spherejax_independent`: `jax.jit` of `solve_ensemble(..., step_size=
-  "independent")` (`jax.vmap` of `solve`), rtol 1e-6, atol 1e-8;
+  "independent")` (`jax.vmap` of `solve`), rtol 1e-6, atol 1e-8, with
+  `IdentityAttention(1)`: Q = K = V = I without projections, as the peers below;
 - `spherejax_shared`: the same with `step_size="shared"` (one step size, error
   control on the worst member);
+- `spherejax_independent_sa`, `spherejax_shared_sa`: the same two with the general
+  field `SelfAttention.identity(3, 1)` (identity matrices, projected);
 - `scipy_rk45_loop`: a Python loop of `solve_ivp(method="RK45")`, rtol 1e-6, atol
   1e-8, numpy field, one member at a time (final states renormalised);
 - `numpy_rk4`: batched fixed-step RK4 in numpy over the whole ensemble (tokens
@@ -26,14 +29,15 @@ against scipy `DOP853` (rtol = atol = 1e-13) on three members. Rows:
 - `torchdiffeq_dopri5`: `torchdiffeq.odeint` on the batched torch field, with the
   loosest `rtol = atol` of 1e-6, 1e-7, ... that matches that error too (skipped,
   with the reason printed, when torch or torchdiffeq is missing);
-- `floor`: batched field evaluations taken by the spherejax row x the
+- `floor`: batched field evaluations taken by each spherejax row x the
   `floor3` time at `(members, 32, 3)` (timed as 32 evaluations chained in one
   compiled loop, so no per-call dispatch; Tsit5: 6 evaluations per step, accepted or
   rejected, plus 3 for the start; a vmapped while loop evaluates every member
   until the slowest is done).
 
 All rows are timed interleaved in this process (`_common.compare`); the figures
-are medians over rounds and medians of per-round ratios.
+are medians over rounds and medians of per-round ratios. `speedup[row][peer]` is
+the peer's time over the spherejax row's.
 
     python benchmarks/ensemble.py [--quick] [--members B]
 """
@@ -173,8 +177,20 @@ def make_torch():
     return run, f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}"
 
 
-def make_jax(step_size, rtol=RTOL, atol=ATOL):
-    field = sj.SelfAttention.identity(D, BETA)
+JAX_ROWS = {
+    "spherejax_independent": ("independent", "IdentityAttention"),
+    "spherejax_shared": ("shared", "IdentityAttention"),
+    "spherejax_independent_sa": ("independent", "SelfAttention.identity"),
+    "spherejax_shared_sa": ("shared", "SelfAttention.identity"),
+}
+PEERS = ("scipy_rk45_loop", "numpy_rk4", "torchdiffeq_dopri5")
+
+
+def make_jax(step_size, rtol=RTOL, atol=ATOL, field_name="IdentityAttention"):
+    if field_name == "IdentityAttention":
+        field = sj.IdentityAttention(BETA)
+    else:
+        field = sj.SelfAttention.identity(D, BETA)
 
     @jax.jit
     def run(y0s):
@@ -188,10 +204,15 @@ def make_jax(step_size, rtol=RTOL, atol=ATOL):
 
 
 def ensemble(
-    members: int = 1000, rounds: int = 3, check_members: int = 3, peers: bool = True
+    members: int = 1000,
+    rounds: int = 3,
+    check_members: int = 3,
+    peers: bool = True,
+    general_field: bool = True,
 ) -> dict:
     """The ensemble table; returns its figures as a dict. Up to 16 members the
-    reference is scipy DOP853 for every member; `peers=False` skips torchdiffeq."""
+    reference is scipy DOP853 for every member; `peers=False` skips torchdiffeq,
+    `general_field=False` the `SelfAttention.identity` rows."""
     y0s = sj.Sphere().random(jax.random.PRNGKey(1), (members, N, D))
     y0s_np = np.asarray(y0s)
     res: dict = {"members": members, "n": N, "d": D, "beta": BETA, "t1": T1}
@@ -222,12 +243,16 @@ def ensemble(
 
     rows: dict = {}
     fns: dict = {}
-    for mode in ("independent", "shared"):
-        run = make_jax(mode)
+    jax_rows = {
+        k: v for k, v in JAX_ROWS.items() if general_field or not k.endswith("_sa")
+    }
+    for name, (mode, field_name) in jax_rows.items():
+        run = make_jax(mode, field_name=field_name)
         t = time.perf_counter()
         y, steps = jax.block_until_ready(run(y0s))
-        name = f"spherejax_{mode}"
         rows[name] = {
+            "step_size": mode,
+            "field": field_name,
             "compile_and_first_run_s": time.perf_counter() - t,
             "iterations": int(steps),
             "batched_evaluations": 6 * int(steps) + 3,
@@ -291,14 +316,16 @@ def ensemble(
     med["floor3_one_evaluation"] /= chain
     ratio["floor3_one_evaluation"] /= chain
     res["floor3_one_evaluation_ms"] = 1e3 * med["floor3_one_evaluation"]
-    for mode in ("independent", "shared"):
-        r = rows[f"spherejax_{mode}"]
+    res["speedup"] = {}
+    for name in jax_rows:
+        r = rows[name]
         r["floor_s"] = r["batched_evaluations"] * med["floor3_one_evaluation"]
         r["time/floor"] = (
-            ratio[f"spherejax_{mode}"]
-            / ratio["floor3_one_evaluation"]
-            / r["batched_evaluations"]
+            ratio[name] / ratio["floor3_one_evaluation"] / r["batched_evaluations"]
         )
+        res["speedup"][name] = {
+            peer: ratio[peer] / ratio[name] for peer in PEERS if peer in ratio
+        }
     res["rows"] = rows
     for name, r in rows.items():
         print(
@@ -307,6 +334,12 @@ def ensemble(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in r.items()
             ),
+            flush=True,
+        )
+    for name, sp in res["speedup"].items():
+        print(
+            f"ensemble speedup {name} "
+            + " ".join(f"over_{k}={v:.2f}" for k, v in sp.items()),
             flush=True,
         )
     return res

@@ -5,20 +5,23 @@ finds (CPU, GPU, TPU); one JSON file with the device, versions, date and figures
 
 Sections (the JSON schema is `SCHEMA` below and in `benchmarks/README.md`):
 
-- `attention`: float32 attention, d = 64, n = 4096 ... 65,536 (capped by `--max-n`;
-  default 16,384 on CPU, 65,536 on accelerators): `jax.nn.dot_product_attention`
+- `attention`: float32 attention, d = 64, n = 4096, 8192, ..., 65,536 on
+  accelerators, n = 4096 and 16,384 on CPU (capped by `--max-n`):
+  `jax.nn.dot_product_attention`
   (`dpa`, one head `(1, n, 1, d)`, scale 1), the XLA floor `exp(A B^T) C`, the
   dense `SelfAttention` (random Q, K, V, softmax, tangent projection) and the
   chunked one (`chunk_size=1024`); dense rows only up to `--dense-max-n` (their
   `n x n` arrays), plus float64 at n = 4096 (floor and dense field);
 - `field_small` and `ensemble`: `benchmarks/ensemble.py` (batched small-n field
   against its floors; the 1000-member ensemble table);
-- `grad_cost`: `benchmarks/grad_cost.py` (n = 256, d = 64, float64 and float32);
+- `grad_cost`: `benchmarks/grad_cost.py` (n = 256, d = 64, float64 and float32;
+  3 rounds on CPU, its default 7 on accelerators);
 - `memory`: `benchmarks/memory.py` at n = 65,536 (`baseline`, `field`,
   `grad_compiled`), each in a child process.
 
 `--quick` runs every section at tiny sizes (n = 128 attention with 64-row chunks,
-4 ensemble members, a scipy DOP853 reference and no torchdiffeq row, the gradient
+4 ensemble members, a scipy DOP853 reference, no torchdiffeq and no
+`SelfAttention.identity` rows, the gradient
 at n = 8, memory at n = 2048 without the gradient).
 
 Every figure is a median over interleaved rounds in one process
@@ -75,7 +78,12 @@ SCHEMA: dict = {
         "rows",
         {"b": int, "n": int, "d": int, "SelfAttention/floor3": "number"},
     ),
-    "ensemble": {"members": int, "rows": dict, "floor3_one_evaluation_ms": "number"},
+    "ensemble": {
+        "members": int,
+        "rows": dict,
+        "speedup": dict,
+        "floor3_one_evaluation_ms": "number",
+    },
     "grad_cost": ("rows", {"dtype": str, "n": int, "grad/forward": "number"}),
     "memory": ("rows", {"config": str, "n": int, "peak_rss_mb": "number"}),
     "errors": dict,
@@ -227,11 +235,13 @@ def main(argv=None) -> int:
         mem_configs = ["baseline", "field"]
     else:
         max_n = a.max_n or (65536 if accel else 16384)
-        sizes = [n for n in (4096, 8192, 16384, 32768, 65536) if n <= max_n]
+        # on CPU the doubling steps add time, not information: 4096 and 16,384
+        ladder = (4096, 8192, 16384, 32768, 65536) if accel else (4096, 16384)
+        sizes = [n for n in ladder if n <= max_n]
         f64_n, rounds = 4096, 3
         dense_max = a.dense_max_n or (65536 if accel else 16384)
         mem_n, members = 65536, a.members or 1000
-        grad_args = []
+        grad_args = [] if accel else ["--rounds", "3"]
         mem_configs, chunk = ["baseline", "field", "grad_compiled"], 1024
     devs = jax.devices()
     doc: dict = {
@@ -271,7 +281,12 @@ def main(argv=None) -> int:
     section("field_small", lambda: ens.field_ratios(shapes, rounds=3 if a.quick else 7))
     section(
         "ensemble",
-        lambda: ens.ensemble(members, rounds=2 if a.quick else 3, peers=not a.quick),
+        lambda: ens.ensemble(
+            members,
+            rounds=2 if a.quick else 3,
+            peers=not a.quick,
+            general_field=not a.quick,
+        ),
     )
     section("grad_cost", lambda: grad_cost.main(grad_args))
     section("memory", lambda: memory(mem_n, mem_configs))

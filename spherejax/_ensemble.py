@@ -34,7 +34,7 @@ leading ensemble axis of size `b` and member `m` uses the field
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import diffrax
 import equinox as eqx
@@ -48,6 +48,8 @@ from ._field import AbstractField
 from ._integrate import solve
 from ._manifold import AbstractManifold
 from ._misc import is_concrete
+from ._solver.retract import Retract
+from ._solver.unrolled import UnrolledERK, supports
 
 
 STEP_SIZES = ("independent", "shared")
@@ -128,6 +130,23 @@ class EnsembleField(AbstractField):
         return fn(self.field, y)
 
 
+def _stages_written_out(solver, adjoint):
+    """The solver an ensemble runs: `solver` (default `Retract(Tsit5())`), with an
+    explicit Runge–Kutta method stepped by `UnrolledERK` (same tableau, so the same
+    steps up to rounding) unless an adjoint other than diffrax's default is asked
+    for (`spherejax.ReplayAdjoint` replays diffrax's own stages)."""
+    if adjoint is not None and type(adjoint) is not diffrax.RecursiveCheckpointAdjoint:
+        return solver
+    if solver is None:
+        return Retract(solver=UnrolledERK(diffrax.Tsit5()))
+    if supports(solver):
+        return Retract(solver=UnrolledERK(solver))
+    if type(solver) is Retract and solver.scan_kind is None and supports(solver.solver):
+        inner = cast(diffrax.AbstractERK, solver.solver)
+        return Retract(solver=UnrolledERK(inner), manifold=solver.manifold)
+    return solver
+
+
 def _check_y0s(y0s: Array, manifold: AbstractManifold, project: bool) -> Array:
     if project:
         return manifold.project(y0s)
@@ -181,6 +200,15 @@ def solve_ensemble(
     - `solve_kwargs`: any other keyword of `solve` (`solver`, `saveat`, `ts`,
       `dt0`, `t0`, `max_steps`, `adjoint`, `args`).
 
+    The default solver is `Retract(Tsit5())`, as for `solve`. An explicit diffrax
+    Runge–Kutta method (`Tsit5`, `Dopri5`, `Bosh3`, ..., bare or in `Retract`) runs
+    with its stages written out instead of diffrax's loop over a stage buffer: the
+    same tableau, error estimate and dense output, so the same steps up to
+    rounding, without the buffer, which under `jax.vmap` (`"independent"`) costs a
+    copy of all the stages at every stage. (Not with an adjoint other than
+    `diffrax.RecursiveCheckpointAdjoint`: `ReplayAdjoint` replays diffrax's own
+    stages.)
+
     **Returns:** a `diffrax.Solution` with the ensemble axis first in both modes:
     `sol.ys` of shape `(b, T, n, d)` and `sol.ts` of shape `(b, T)`. `sol.stats`
     and `sol.result` are per member (`"independent"`) or one for the ensemble
@@ -209,6 +237,7 @@ def solve_ensemble(
         rtol=rtol, atol=atol, stepsize_controller=stepsize_controller
     )
     kw.update(solve_kwargs)
+    kw["solver"] = _stages_written_out(kw.get("solver"), kw.get("adjoint"))
 
     if step_size == "independent":
 

@@ -69,6 +69,30 @@ def test_shared_field_independent_steps_match_separate_solves():
         assert int(one.stats["num_steps"]) == steps[m]
 
 
+def test_stages_written_out_take_diffrax_steps_across_a_jump():
+    """The ensemble path steps explicit Runge-Kutta methods with their stages
+    written out. Across a layer boundary (a jump: the first-same-as-last derivative
+    is stale there) each member takes exactly the steps of diffrax's own `Dopri5`
+    in a separate `solve`, and matches a piecewise scipy reference."""
+    y0s = _y0s(seed=3, b=2)
+    layers = [sj.SelfAttention.identity(D, 1.0), sj.SelfAttention.identity(D, 3.0)]
+    field = sj.Layerwise(layers, jnp.array([0.0, 1.5, T1]))
+    sol = sj.solve_ensemble(
+        field, y0s, T1, solver=diffrax.Dopri5(), rtol=1e-10, atol=1e-12
+    )
+    assert sol.ys is not None
+    for m in range(2):
+        one = sj.solve(
+            field, y0s[m], T1, solver=diffrax.Dopri5(), rtol=1e-10, atol=1e-12
+        )
+        assert one.ys is not None
+        assert int(one.stats["num_steps"]) == int(sol.stats["num_steps"][m])
+        np.testing.assert_allclose(sol.ys[m, -1], one.ys[-1], atol=1e-13, rtol=0)
+        mid = scipy_reference(y0s[m], 1.5, EYE, EYE, EYE, 1.0)[-1]
+        ref = scipy_reference(mid, T1 - 1.5, EYE, EYE, EYE, 3.0)[-1]
+        np.testing.assert_allclose(sol.ys[m, -1], ref, atol=1e-8, rtol=0)
+
+
 def test_worst_member_rms_norm_formula():
     e = np.random.default_rng(0).normal(size=(5, 7, 3))
     e[2] *= 10.0
