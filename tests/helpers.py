@@ -1,7 +1,22 @@
 """Shared test utilities: independent float64 references and finite differences."""
 
+import contextlib
+
+import jaxtyping
 import numpy as np
 import scipy.integrate
+
+
+@contextlib.contextmanager
+def unchecked():
+    """Switch the jaxtyping runtime checks off (the tests run with them on): for
+    tests of the library's own `ValueError`s on input of the wrong type, which a
+    user without runtime checks meets."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
 
 
 def np_attention_velocity(
