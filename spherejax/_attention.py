@@ -355,7 +355,7 @@ def attend_rows(
     Q: Float[Array, "h k d"],
     K: Float[Array, "h k d"],
     V: Float[Array, "h d d"],
-    beta: Array,
+    beta: Real[ArrayLike, ""],
     *,
     normalization: str = "softmax",
     causal: bool = False,
@@ -379,6 +379,7 @@ def attend_rows(
         )
     n = x.shape[0]
     log_w = _log_weights(n, x.dtype, log_weights)
+    beta = jnp.asarray(beta, x.dtype)
     h = Q.shape[0]
     qx = jnp.einsum("hkd,nd->nhk", Q, xq)
     if query_bias is not None:
@@ -474,7 +475,7 @@ def attend(
     Q: Float[Array, "h k d"],
     K: Float[Array, "h k d"],
     V: Float[Array, "h d d"],
-    beta: Array,
+    beta: Real[ArrayLike, ""],
     *,
     normalization: str = "softmax",
     causal: bool = False,
@@ -504,6 +505,7 @@ def attend(
     """
     _check_normalization(normalization, causal)
     _check_key_mask(normalization, key_mask)
+    beta = jnp.asarray(beta, x.dtype)
     n = x.shape[0]
     chunked = chunk_size is not None and chunk_size < n
     biases = (query_bias, key_bias, value_bias)
