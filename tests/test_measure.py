@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import standard_promotion
 from scipy.optimize import linprog
 
 import spherejax as sj
@@ -146,7 +147,7 @@ def test_fit_measure_to_rotated_cap():
         model,
         loss,
         data,
-        optimizer=optax.adam(5e-2),
+        optimizer=standard_promotion(optax.adam(5e-2)),
         steps=60,
         progress=False,
         filter_spec=spec,

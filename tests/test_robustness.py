@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.linalg
+from helpers import standard_promotion
 
 import spherejax as sj
 
@@ -354,7 +355,7 @@ def test_tracking_fit_rejects_decreasing_ts(tokens):
             sj.SelfAttention.identity(D, 1.0),
             sj.TrackingLoss(),
             (ts, paths),
-            optimizer=optax.adam(1e-2),
+            optimizer=standard_promotion(optax.adam(1e-2)),
             steps=2,
             progress=False,
         )
