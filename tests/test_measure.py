@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import standard_promotion
+from helpers import standard_promotion, unchecked
 from scipy.optimize import linprog
 
 import spherejax as sj
@@ -79,6 +79,7 @@ def test_mmd_closed_forms():
     assert abs(float(sj.mmd2(x, x, kappa))) <= 1e-14
 
 
+@unchecked()
 def test_measure_bad_input():
     x = np.eye(3)
     with pytest.raises(ValueError, match="epsilon"):
