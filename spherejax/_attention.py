@@ -80,7 +80,8 @@ def _mask(
     """The boolean mask of allowed `(query, key)` pairs: `j <= i` if `causal`, and
     `key_mask[j]` (shape `(nk,)`, or `(h, nk)` per head) if given; shape
     `(nq, nk)` or `(h, nq, nk)`, `None` when everything is allowed."""
-    mask = qidx[:, None] >= jnp.arange(nk)[None, :] if causal else None
+    kidx = jnp.arange(nk, dtype=qidx.dtype)
+    mask = qidx[:, None] >= kidx[None, :] if causal else None
     if key_mask is None:
         return mask
     keys = key_mask[..., None, :]  # (1, nk) or (h, 1, nk)
@@ -323,7 +324,7 @@ def blocked(
     c = min(int(chunk_size), nk)  # key block
     cq = min(int(chunk_size), nq)  # query block
     if kidx is None:
-        kidx = jnp.arange(nk)
+        kidx = jnp.arange(nk, dtype=qidx.dtype)
     keys = (
         _split(kx, c),
         _split(kidx, c),
