@@ -388,6 +388,22 @@ def geodesic(
     return manifold.exp(x0, s * u)
 
 
+def _standard_promotion(
+    optimizer: optax.GradientTransformation,
+) -> optax.GradientTransformation:
+    """`optimizer` with its `update` traced under standard dtype promotion: Optax's
+    Adam raises its float decay rates to the int32 step count (`b1 ** count`), an
+    implicit promotion that `jax_numpy_dtype_promotion="strict"` refuses, so the
+    default optimiser of `minimum_action_path` would fail for a user with strict
+    promotion. Only Optax's own arithmetic runs under it."""
+
+    def update(updates, state, params=None):
+        with jax.numpy_dtype_promotion("standard"):
+            return optimizer.update(updates, state, params)
+
+    return optax.GradientTransformation(optimizer.init, update)
+
+
 def minimum_action_path(
     x0: Float[ArrayLike, "n d"],
     x1: Float[ArrayLike, "n d"],
@@ -435,7 +451,8 @@ def minimum_action_path(
         )
     if optimizer is None:
         lr = 0.5 * float(jnp.min(jnp.diff(ts)))
-        optimizer = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=1e-3))
+        adam = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=1e-3))
+        optimizer = _standard_promotion(adam)
     optimizer = riemannian(optimizer, manifold)
 
     def objective(interior):

@@ -37,7 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Real
 
 
 NORMALIZATIONS = ("softmax", "unnormalized", "sinkhorn", "hardmax")
@@ -80,7 +80,8 @@ def _mask(
     """The boolean mask of allowed `(query, key)` pairs: `j <= i` if `causal`, and
     `key_mask[j]` (shape `(nk,)`, or `(h, nk)` per head) if given; shape
     `(nq, nk)` or `(h, nq, nk)`, `None` when everything is allowed."""
-    mask = qidx[:, None] >= jnp.arange(nk)[None, :] if causal else None
+    kidx = jnp.arange(nk, dtype=qidx.dtype)
+    mask = qidx[:, None] >= kidx[None, :] if causal else None
     if key_mask is None:
         return mask
     keys = key_mask[..., None, :]  # (1, nk) or (h, 1, nk)
@@ -158,25 +159,26 @@ def _sinkhorn_loop(row, col, zeros: Array, iters: int) -> tuple[Array, Array]:
 
 
 def attention_matrix(
-    x: Float[Array, "n d"],
-    Q: Float[Array, "h k d"],
-    K: Float[Array, "h k d"],
-    beta: Array,
+    x: Float[ArrayLike, "n d"],
+    Q: Float[ArrayLike, "*h k d"],
+    K: Float[ArrayLike, "*h k d"],
+    beta: Real[ArrayLike, ""],
     *,
     normalization: str = "softmax",
     causal: bool = False,
-    log_weights: Float[Array, " n"] | None = None,
+    log_weights: Float[ArrayLike, " n"] | None = None,
     sinkhorn_iters: int = 100,
-    query_bias: Float[Array, "h k"] | None = None,
-    key_bias: Float[Array, "h k"] | None = None,
-    key_mask: Array | None = None,
-) -> Float[Array, "h n n"]:
+    query_bias: Float[ArrayLike, "... k"] | None = None,
+    key_bias: Float[ArrayLike, "... k"] | None = None,
+    key_mask: Bool[ArrayLike, "... n"] | None = None,
+) -> Float[Array, "heads n n"]:
     """The full attention matrix `A^h_ij`, shape `(h, n, n)` (dense; for analysis
     and tests). `Q`, `K` may also be single-head `(k, d)` arrays; `query_bias`,
     `key_bias` (`(h, k)` or `(k,)`) enter the scores, `key_mask` (boolean `(n,)` or
     `(h, n)`) removes keys."""
+    _check_normalization(normalization, causal)
     x = jnp.asarray(x)
-    Q, K = (jnp.asarray(a) for a in (Q, K))
+    Q, K = (jnp.asarray(a, x.dtype) for a in (Q, K))
     Q, K = (a[None] if a.ndim == 2 else a for a in (Q, K))
     qb, kb = (
         None if b is None else jnp.atleast_2d(jnp.asarray(b, x.dtype))
@@ -184,15 +186,13 @@ def attention_matrix(
     )
     beta = jnp.asarray(beta, x.dtype)
     n = x.shape[0]
-    log_w = jnp.full((n,), -jnp.log(n), x.dtype) if log_weights is None else log_weights
+    log_w = _log_weights(n, x.dtype, log_weights)
     s = scores(x, x, Q, K, qb, kb)
     km = None if key_mask is None else jnp.asarray(key_mask, bool)
     _check_key_mask(normalization, km)
     mask = _mask(jnp.arange(n), n, causal, km)
     if normalization != "sinkhorn":
         return _row_weights(s, beta, log_w, mask, normalization)
-    if causal:
-        raise ValueError("`normalization='sinkhorn'` cannot be combined with `causal`.")
     logits = beta * s
     f, g = sinkhorn_potentials(logits, log_w, sinkhorn_iters)
     return jnp.exp(logits + f[:, :, None] + (g + log_w)[:, None, :])
@@ -324,7 +324,7 @@ def blocked(
     c = min(int(chunk_size), nk)  # key block
     cq = min(int(chunk_size), nq)  # query block
     if kidx is None:
-        kidx = jnp.arange(nk)
+        kidx = jnp.arange(nk, dtype=qidx.dtype)
     keys = (
         _split(kx, c),
         _split(kidx, c),
@@ -356,7 +356,7 @@ def attend_rows(
     Q: Float[Array, "h k d"],
     K: Float[Array, "h k d"],
     V: Float[Array, "h d d"],
-    beta: Array,
+    beta: Real[ArrayLike, ""],
     *,
     normalization: str = "softmax",
     causal: bool = False,
@@ -380,6 +380,7 @@ def attend_rows(
         )
     n = x.shape[0]
     log_w = _log_weights(n, x.dtype, log_weights)
+    beta = jnp.asarray(beta, x.dtype)
     h = Q.shape[0]
     qx = jnp.einsum("hkd,nd->nhk", Q, xq)
     if query_bias is not None:
@@ -475,7 +476,7 @@ def attend(
     Q: Float[Array, "h k d"],
     K: Float[Array, "h k d"],
     V: Float[Array, "h d d"],
-    beta: Array,
+    beta: Real[ArrayLike, ""],
     *,
     normalization: str = "softmax",
     causal: bool = False,
@@ -505,6 +506,7 @@ def attend(
     """
     _check_normalization(normalization, causal)
     _check_key_mask(normalization, key_mask)
+    beta = jnp.asarray(beta, x.dtype)
     n = x.shape[0]
     chunked = chunk_size is not None and chunk_size < n
     biases = (query_bias, key_bias, value_bias)
@@ -536,28 +538,29 @@ def attend(
             value_bias=value_bias,
             key_mask=key_mask,
         )
-    if plain and normalization in ("softmax", "unnormalized") and Q.shape[0] == 1:
-        return _dense_one_head(
-            x, Q[0], K[0], V[0], beta, log_weights, causal, normalization
+    if normalization in ("softmax", "unnormalized"):
+        lw = None if log_weights is None else jnp.asarray(log_weights, x.dtype)
+        if Q.shape[0] == 1:  # one head: no head axis (see `_dense_attention`)
+            Q, K, V = Q[0], K[0], V[0]
+            biases = tuple(None if b is None else b[0] for b in biases)
+            if key_mask is not None and key_mask.ndim == 2:
+                key_mask = key_mask[0]
+        return _dense_attention(
+            x,
+            Q,
+            K,
+            V,
+            beta,
+            lw,
+            causal=causal,
+            normalization=normalization,
+            biases=biases,
+            key_mask=key_mask,
         )
     values = jnp.einsum("hed,nd->hne", V, x)  # V_h x_j, shape (h, n, d)
     if value_bias is not None:
         values = values + value_bias[:, None, :]
     mask = _mask(jnp.arange(n), n, causal, key_mask)
-    if normalization in ("softmax", "unnormalized"):
-        # exp(logits - max) @ values, normalised afterwards (n x d divisions, not n x n)
-        s = scores(x, x, Q, K, query_bias, key_bias)
-        logits = beta * s + log_w
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.asarray(-jnp.inf, x.dtype))
-        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-        p = jnp.exp(logits - m)
-        out = jnp.einsum("hij,hje->hie", p, values)
-        if normalization == "softmax":
-            out = out / jnp.sum(p, axis=-1, keepdims=True)
-        else:
-            out = out * jnp.exp(m)
-        return jnp.sum(out, axis=0)
     if normalization == "sinkhorn":
         A = attention_matrix(
             x,
@@ -576,31 +579,72 @@ def attend(
     return jnp.einsum("hij,hje->ie", A, values)
 
 
-def _dense_one_head(x, Q, K, V, beta, log_weights, causal, normalization):
-    """Dense softmax/unnormalized attention for one head, in plain two-dimensional
-    matrix products: `p = exp(logits - max)`, `out = (p @ V x) / rowsum(p)` (or
-    `* exp(max)`). The same formula as the multi-head path of `attend`, which
-    keeps a head axis; without it a `jax.vmap` over an ensemble gives XLA
-    batched products with one batch axis instead of two, about 1.5x faster at
-    small `n` (`benchmarks/ensemble.py`). `beta` scales the `(n, k)` queries,
-    not the `(n, n)` scores, and uniform weights (`log_weights=None`) shift every
-    logit by the same `-log n`, which softmax drops and `"unnormalized"` applies
-    as a factor `1/n`.
+def _project_one(A: Array | None, x: Array, bias: Array | None) -> Array:
+    """`A x_j + b` for every token: `x` itself for `A = None` (identity), `(n, k)`
+    for a `(k, d)` matrix, `(h, n, k)` for `(h, k, d)` heads."""
+    if A is None:
+        out = x
+    elif A.ndim == 2:
+        out = x @ A.T
+    else:
+        out = jnp.einsum("hkd,nd->hnk", A, x)
+    return out if bias is None else out + bias[..., None, :]
+
+
+def _dense_attention(
+    x: Float[Array, "n d"],
+    Q: Array | None,
+    K: Array | None,
+    V: Array | None,
+    beta: Array,
+    log_weights: Float[Array, " n"] | None,
+    *,
+    causal: bool,
+    normalization: str,
+    biases: tuple[Array | None, ...] = (None, None, None),
+    key_mask: Array | None = None,
+) -> Float[Array, "n e"]:
+    r"""Dense softmax or unnormalized attention, $\sum_h \sum_j A^h_{ij}
+    (V_h x_j + c_h)$, the one kernel behind `attend`'s dense path and
+    `IdentityAttention`.
+
+    `Q`, `K`, `V` are `(h, k, d)` heads, a single `(k, d)` head without a head
+    axis, or `None` for the identity (no projection computed); `biases` are the
+    matching `(a, b, c)` (each `None`, `(h, .)` or `(.,)`). With the logits
+    $\ell_{ij} = \beta\langle Q x_i + a, K x_j + b\rangle + \log w_j$ (masked
+    to $-\infty$ by `causal` and `key_mask`) and their row maximum $m_i$ (a pure
+    shift, held under `stop_gradient`), it forms $p = e^{\ell - m}$ and
+    $p\,(V x + c)$ and then divides by the row sums (`"softmax"`) or multiplies
+    by $e^{m}$ (`"unnormalized"`): `n x d` divisions, not `n x n`.
+
+    `beta` scales the `(n, k)` queries, not the `(n, n)` scores, and uniform
+    weights (`log_weights=None`) shift every logit by the same `-log n`, which
+    softmax drops and `"unnormalized"` applies as a factor `1/n`. A single head is
+    best passed without its head axis: under `jax.vmap` over an ensemble XLA then
+    runs batched products with one batch axis instead of two, about 1.5x faster at
+    small `n` on CPU (`benchmarks/ensemble.py`).
     """
     n = x.shape[0]
-    qx = beta * (x @ Q.T)  # (n, k)
-    logits = qx @ (x @ K.T).T  # (n, n)
+    qx = beta * _project_one(Q, x, biases[0])
+    kx = _project_one(K, x, biases[1])
+    vals = _project_one(V, x, biases[2])
+    logits = jnp.einsum("...ik,...jk->...ij", qx, kx)
     if log_weights is not None:
         logits = logits + log_weights
-    mask = _mask(jnp.arange(n), n, causal)
+    mask = _mask(jnp.arange(n), n, causal, key_mask)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.asarray(-jnp.inf, x.dtype))
     m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     p = jnp.exp(logits - m)
-    out = p @ (x @ V.T)
+    out = jnp.einsum("...ij,...je->...ie", p, vals)
     if normalization == "softmax":
-        return out / jnp.sum(p, axis=-1, keepdims=True)
-    scale = jnp.exp(m)
-    if log_weights is None:
-        scale = scale / n
-    return out * scale
+        out = out / jnp.sum(p, axis=-1, keepdims=True)
+    elif normalization == "unnormalized":
+        scale = jnp.exp(m)
+        out = out * (scale if log_weights is not None else scale / n)
+    else:
+        raise ValueError(
+            f"`normalization` must be 'softmax' or 'unnormalized'; got "
+            f"{normalization!r}."
+        )
+    return out if out.ndim == 2 else jnp.sum(out, axis=0)

@@ -49,6 +49,7 @@ import math
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -167,7 +168,7 @@ class CircleDensity(eqx.Module):
     def __init__(
         self,
         beta: ArrayLike,
-        modes: int = 256,
+        modes: int | np.integer = 256,
         *,
         normalization: str = "softmax",
         diffusion: ArrayLike = 0.0,
@@ -194,7 +195,8 @@ class CircleDensity(eqx.Module):
     @property
     def nodes(self) -> Float[Array, " M"]:
         """The grid angles $\\theta_j = 2\\pi j / M$."""
-        return 2 * jnp.pi * jnp.arange(self.modes) / self.modes
+        j = jnp.arange(self.modes, dtype=jnp.result_type(float))
+        return 2 * jnp.pi * j / self.modes
 
     def _check(self, rho: ArrayLike) -> Array:
         rho = jnp.asarray(rho)
@@ -231,8 +233,9 @@ class CircleDensity(eqx.Module):
         dtype = rho.dtype
         rho_hat = self._spectrum(rho)
         ive = self.bessel(dtype) if ive is None else ive.astype(dtype)
-        k = self._wavenumbers(dtype)
-        z_hat = 2 * jnp.pi * ive * rho_hat
+        cdt = rho_hat.dtype  # the spectra are complex: real factors cast to it
+        k = self._wavenumbers(dtype).astype(cdt)
+        z_hat = 2 * jnp.pi * ive.astype(cdt) * rho_hat
         fine = (
             self._on_fine(rho_hat),
             self._on_fine(z_hat),
@@ -257,6 +260,7 @@ class CircleDensity(eqx.Module):
         # (rho_hat_{-1} = conj(rho_hat_1); rho_hat_{M/2} = rho_hat_{M/2+1} = 0)
         prev = jnp.concatenate([jnp.conj(rho_hat[1:2]), rho_hat[:-1]])
         nxt = jnp.concatenate([rho_hat[1:], jnp.zeros(1, rho_hat.dtype)])
+        ive = ive.astype(rho_hat.dtype)
         gc = self._on_fine(2 * jnp.pi * ive * (prev + nxt) / 2)
         gs = self._on_fine(2 * jnp.pi * ive * (prev - nxt) / 2j)
         P = 2 * self.modes
@@ -289,8 +293,9 @@ class CircleDensity(eqx.Module):
         P = 2 * self.modes
         flux_hat = jnp.fft.rfft(flux)[: self.modes // 2 + 1] / P
         flux_hat = flux_hat.at[-1].set(0.0)
-        k = self._wavenumbers(rho.dtype)
-        rate = -1j * k * flux_hat - self.diffusion.astype(rho.dtype) * k**2 * rho_hat
+        k = self._wavenumbers(rho.dtype).astype(flux_hat.dtype)
+        nu = self.diffusion.astype(flux_hat.dtype)
+        rate = -1j * k * flux_hat - nu * k**2 * rho_hat
         return jnp.fft.irfft(rate, n=self.modes) * self.modes
 
     def mass(self, rho: Float[ArrayLike, "... M"]) -> Array:
@@ -393,8 +398,9 @@ def empirical_fourier(
     if w.shape != theta.shape:
         raise ValueError(f"`weights` must have shape {theta.shape}; got {w.shape}.")
     k = jnp.arange(1, int(modes) + 1, dtype=theta.dtype)
-    phase = jnp.exp(-1j * theta[..., None, :] * k[:, None])
-    return jnp.sum(w[..., None, :] * phase, axis=-1)
+    angle = theta[..., None, :] * k[:, None]
+    phase = jax.lax.complex(jnp.cos(angle), -jnp.sin(angle))  # e^{-i k theta}
+    return jnp.sum(w[..., None, :].astype(phase.dtype) * phase, axis=-1)
 
 
 def fourier_distance(

@@ -17,9 +17,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._attention import (
+    _check_key_mask,
     _check_normalization,
-    _log_weights,
-    _mask,
+    _dense_attention,
     attend,
     uses_dot_product_attention,
 )
@@ -67,12 +67,18 @@ def _check_weight_count(y: Array, weights: Array | None) -> None:
         )
 
 
-def _scalar(name: str, value) -> Array:
+def _as_float(value) -> Array:
+    """`value` as an array, integer and boolean input cast to the default float."""
     value = jnp.asarray(value)
-    if value.ndim != 0:
-        raise ValueError(f"`{name}` must be a scalar; got shape {value.shape}.")
     if not jnp.issubdtype(value.dtype, jnp.inexact):
         value = value.astype(jnp.result_type(float))
+    return value
+
+
+def _scalar(name: str, value) -> Array:
+    value = _as_float(value)
+    if value.ndim != 0:
+        raise ValueError(f"`{name}` must be a scalar; got shape {value.shape}.")
     if is_concrete(value) and not bool(np.isfinite(np.asarray(value))):
         raise ValueError(f"`{name}` must be finite; got {value}.")
     return value
@@ -82,9 +88,7 @@ def _bias(name: str, value, shape: tuple[int, ...]) -> Array | None:
     """A bias of the given shape (a single-head bias may omit the head axis)."""
     if value is None:
         return None
-    value = jnp.asarray(value)
-    if not jnp.issubdtype(value.dtype, jnp.inexact):
-        value = value.astype(jnp.result_type(float))
+    value = _as_float(value)
     if value.shape != shape and len(shape) == 2 and shape[0] == 1:
         value = value[None]
     if value.shape != shape:
@@ -96,11 +100,7 @@ def _key_mask(value, heads: int, normalization: str) -> Array | None:
     """A boolean key mask `(n,)` or `(heads, n)`, checked."""
     if value is None:
         return None
-    if normalization == "sinkhorn":
-        raise ValueError(
-            "`key_mask` cannot be combined with `normalization='sinkhorn'`; use "
-            "quadrature `weights` instead."
-        )
+    _check_key_mask(normalization, value)
     value = jnp.asarray(value)
     if value.dtype != jnp.bool_:
         raise ValueError(f"`key_mask` must be boolean; got dtype {value.dtype}.")
@@ -114,9 +114,7 @@ def _key_mask(value, heads: int, normalization: str) -> Array | None:
 
 
 def _as_heads(name: str, a, ndim_single: int) -> Array:
-    a = jnp.asarray(a)
-    if not jnp.issubdtype(a.dtype, jnp.inexact):
-        a = a.astype(jnp.result_type(float))
+    a = _as_float(a)
     if a.ndim == ndim_single:
         return a[None]
     if a.ndim == ndim_single + 1:
@@ -420,17 +418,16 @@ class IdentityAttention(AbstractField):
             return self.as_self_attention(d)(t, y, args)
         dt = y.dtype
         log_w = None if self.weights is None else jnp.log(self.weights.astype(dt))
-        logits = self.beta.astype(dt) * (y @ y.T) + _log_weights(n, dt, log_w)
-        mask = _mask(jnp.arange(n), n, self.causal)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.asarray(-jnp.inf, dt))
-        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-        p = jnp.exp(logits - m)
-        v = p @ y
-        if self.normalization == "softmax":
-            v = v / jnp.sum(p, axis=-1, keepdims=True)
-        else:
-            v = v * jnp.exp(m)
+        v = _dense_attention(
+            y,
+            None,
+            None,
+            None,
+            self.beta.astype(dt),
+            log_w,
+            causal=self.causal,
+            normalization=self.normalization,
+        )
         return self.manifold.to_tangent(y, v)
 
 
@@ -560,7 +557,9 @@ class Layerwise(AbstractField):
     times: Float[Array, " L1"]
     num_layers: int = eqx.field(static=True)
 
-    def __init__(self, fields: Sequence[AbstractField], times: ArrayLike):
+    def __init__(
+        self, fields: Sequence[AbstractField], times: ArrayLike | Sequence[float]
+    ):
         fields = list(fields)
         if len(fields) == 0:
             raise ValueError("`Layerwise` needs at least one field.")

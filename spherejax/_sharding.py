@@ -168,7 +168,8 @@ class TokenSharded(AbstractField):
         def local(params, y_local):
             f = eqx.combine(params, static)
             nl = y_local.shape[0]
-            qidx = jax.lax.axis_index(axis) * nl + jnp.arange(nl)
+            first = jax.lax.axis_index(axis) * nl  # int32, as the index is
+            qidx = first + jnp.arange(nl, dtype=first.dtype)
             keys = jax.lax.all_gather(y_local, axis, tiled=True)
             qkvb, options = f._attend_args(y_local.dtype)
             v = attend_rows(y_local, qidx, keys, *qkvb, **options)

@@ -1,5 +1,4 @@
 import itertools
-import os
 
 import jax
 import jax.random as jr
@@ -7,10 +6,10 @@ import pytest
 
 
 jax.config.update("jax_enable_x64", True)
-# Opt-in strict dtype promotion (as diffrax's test configuration has it): set
-# SPHEREJAX_STRICT_PROMOTION=1 to run the tests with implicit promotions as errors.
-if os.environ.get("SPHEREJAX_STRICT_PROMOTION") == "1":
-    jax.config.update("jax_numpy_dtype_promotion", "strict")
+# implicit dtype promotions (an int array meeting a float one, float32 meeting
+# float64) are errors in the tests, as in diffrax's test configuration: the library
+# must state its dtypes, since users with strict promotion would hit them too
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 def pytest_collection_modifyitems(config, items):

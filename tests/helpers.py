@@ -1,7 +1,36 @@
 """Shared test utilities: independent float64 references and finite differences."""
 
+import contextlib
+
+import jax
+import jaxtyping
 import numpy as np
+import optax
 import scipy.integrate
+
+
+def standard_promotion(optimizer):
+    """`optimizer` (an Optax one) with its `update` under standard dtype promotion:
+    Optax's Adam and schedules mix the int32 step count with float constants, which
+    the tests' strict promotion refuses; spherejax's own code stays strict."""
+
+    def update(updates, state, params=None):
+        with jax.numpy_dtype_promotion("standard"):
+            return optimizer.update(updates, state, params)
+
+    return optax.GradientTransformation(optimizer.init, update)
+
+
+@contextlib.contextmanager
+def unchecked():
+    """Switch the jaxtyping runtime checks off (the tests run with them on): for
+    tests of the library's own `ValueError`s on input of the wrong type, which a
+    user without runtime checks meets."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
 
 
 def np_attention_velocity(

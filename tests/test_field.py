@@ -323,3 +323,38 @@ def test_identity_attention_equals_self_attention_identity(kwargs, getkey):
         sj.IdentityAttention(1.0, normalization="relu")
     with pytest.raises(ValueError, match="`weights` has"):
         sj.IdentityAttention(1.0, weights=np.full(3, 1 / 3))(0.0, x)
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "unnormalized"])
+def test_one_head_biases_and_key_mask_against_numpy(normalization, getkey):
+    # one head with every bias and a key mask: the dense kernel without a head
+    # axis against the formula written out in numpy
+    Q, K = (np.asarray(jr.normal(getkey(), (KD, D))) for _ in range(2))
+    V = np.asarray(jr.normal(getkey(), (D, D)))
+    a, b = (np.asarray(jr.normal(getkey(), (KD,))) for _ in range(2))
+    c, bo = (np.asarray(jr.normal(getkey(), (D,))) for _ in range(2))
+    keep = np.array([True, False, True, True, False, True, True])
+    w = np.asarray(jr.uniform(getkey(), (N,), minval=0.5, maxval=1.5))
+    w = w / w.sum()
+    beta = 1.7
+    f = sj.SelfAttention(
+        Q,
+        K,
+        V,
+        beta,
+        normalization=normalization,
+        weights=w,
+        query_bias=a,
+        key_bias=b,
+        value_bias=c,
+        output_bias=bo,
+        key_mask=keep,
+    )
+    x = np.asarray(sj.Sphere().random(getkey(), (N, D)))
+    logits = beta * (x @ Q.T + a) @ (x @ K.T + b).T
+    kern = np.where(keep[None, :], w[None, :] * np.exp(logits), 0.0)
+    if normalization == "softmax":
+        kern = kern / kern.sum(axis=1, keepdims=True)
+    v = kern @ (x @ V.T + c) + bo
+    expected = v - np.sum(v * x, axis=1, keepdims=True) * x
+    np.testing.assert_allclose(np.asarray(f(0.0, jnp.asarray(x))), expected, atol=1e-13)

@@ -14,7 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.integrate
-from helpers import central_difference, np_attention_velocity, scipy_reference, slope
+from helpers import (
+    central_difference,
+    np_attention_velocity,
+    scipy_reference,
+    slope,
+    unchecked,
+)
 
 import spherejax as sj
 from spherejax._group import expm_small
@@ -392,6 +398,7 @@ def test_lie_trotter_euler_is_post_ln_block():
     np.testing.assert_allclose(np.asarray(y1), u, rtol=0, atol=1e-14)
 
 
+@unchecked()
 def test_splitting_needs_parts():
     with pytest.raises(ValueError, match="Sum"):
         sj.solve(_fields()["sa"], _y0(), 1.0, solver=sj.LieTrotter(), dt0=0.5)

@@ -116,8 +116,8 @@ def test_gradients_finite_at_zero_tangent(m, getkey):
     x = m.random(getkey(), (3, D))
     zero = jnp.zeros_like(x)
     for fn in (
-        lambda v: jnp.sum(m.exp(x, v) ** 2 * jnp.arange(D)),
-        lambda v: jnp.sum(m.retract(x, v) * jnp.arange(D)),
+        lambda v: jnp.sum(m.exp(x, v) ** 2 * jnp.arange(D, dtype=x.dtype)),
+        lambda v: jnp.sum(m.retract(x, v) * jnp.arange(D, dtype=x.dtype)),
         lambda v: jnp.sum(m.log(x, m.exp(x, v))),
         lambda v: jnp.sum(m.dist(x, m.exp(x, v)) ** 2),
     ):

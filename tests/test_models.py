@@ -332,7 +332,9 @@ def test_bad_ids_and_masks(tiny_bert):
     with pytest.raises(ValueError, match="positions"):
         tiny_bert.hidden_states(np.zeros(17, int))
     with pytest.raises(ValueError, match="key_mask` cannot be combined"):
-        sj.SelfAttention.identity(3, 1.0, normalization="sinkhorn", key_mask=[True] * 4)
+        sj.SelfAttention.identity(
+            3, 1.0, normalization="sinkhorn", key_mask=np.ones(4, bool)
+        )
 
 
 def test_missing_torch_names_the_extra(monkeypatch):

@@ -12,6 +12,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from helpers import standard_promotion
 
 import spherejax as sj
 
@@ -145,7 +146,9 @@ def test_fitted_flow_beats_constant_baseline_on_held_out(minilm):
     c = jnp.stack([base.layer(k).b2 for k in range(6)])
     init = sj.models.LowRankLayerFlow.init(ts, D, 4, key=jr.PRNGKey(0), c=c)
     steps = 200
-    optimizer = optax.adam(optax.cosine_decay_schedule(1e-2, steps, 1e-2))
+    optimizer = standard_promotion(
+        optax.adam(optax.cosine_decay_schedule(1e-2, steps, 1e-2))
+    )
     data = (ts, train)
     # Starting point = the baseline (alpha = 0, W = 0): same training loss.
     np.testing.assert_allclose(

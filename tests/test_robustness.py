@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.linalg
+from helpers import standard_promotion, unchecked
 
 import spherejax as sj
 
@@ -58,6 +59,7 @@ CONCRETE_CASES = [
 
 
 @pytest.mark.parametrize("kwargs, match", CONCRETE_CASES)
+@unchecked()  # the library's own ValueErrors on wrongly typed input
 def test_solve_rejects_concrete(field, tokens, kwargs, match):
     kwargs = dict(kwargs)
     t1 = kwargs.pop("t1", 1.0)
@@ -284,6 +286,7 @@ def test_energy_beta_zero(tokens):
         (lambda: sj.LayerNormSphere(mean="0"), "`mean` must be a real number"),  # type: ignore[arg-type]
     ],
 )
+@unchecked()  # the library's own ValueErrors on wrongly typed input
 def test_manifold_constructor_types(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -354,7 +357,7 @@ def test_tracking_fit_rejects_decreasing_ts(tokens):
             sj.SelfAttention.identity(D, 1.0),
             sj.TrackingLoss(),
             (ts, paths),
-            optimizer=optax.adam(1e-2),
+            optimizer=standard_promotion(optax.adam(1e-2)),
             steps=2,
             progress=False,
         )
@@ -396,6 +399,7 @@ def test_fit_stops_on_a_nonfinite_loss():
         (dict(rho0=1.5), "`rho0` must lie in"),
     ],
 )
+@unchecked()  # the library's own ValueErrors on wrongly typed input
 def test_equiangular_rejects(kwargs, match):
     args = dict(ts=[0.0, 1.0], beta=1.0, n=5, rho0=0.1) | kwargs
     with pytest.raises(ValueError, match=match):
