@@ -450,7 +450,11 @@ def test_gradient_matches_finite_differences(name):
     y0 = _y0(5)
     _, (g_beta, g_y0) = loss_and_grad(beta, y0)
     fd = central_difference(
-        lambda b: loss_and_grad(jnp.asarray(b), y0)[0], np.asarray(1.3), 1e-5
+        # a python float, as `beta` above: one compilation (a numpy scalar is not
+        # weakly typed and would compile the solve and its gradient again)
+        lambda b: loss_and_grad(jnp.asarray(float(b)), y0)[0],
+        np.asarray(1.3),
+        1e-5,
     )
     np.testing.assert_allclose(float(g_beta), float(fd), rtol=1e-6)
     # Directional derivative along a tangent direction of the initial tokens.

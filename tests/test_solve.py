@@ -221,7 +221,7 @@ def test_gradients_match_finite_differences(adjoint, getkey):
     loss_jit = jax.jit(loss)
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(1.3, V, x0)
     fd = [
-        central_difference(lambda b: loss_jit(b, V, x0), np.asarray(1.3)),
+        central_difference(lambda b: loss_jit(float(b), V, x0), np.asarray(1.3)),
         central_difference(lambda v: loss_jit(1.3, v, x0), V),
         central_difference(lambda z: loss_jit(1.3, V, z), x0),
     ]
