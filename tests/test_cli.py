@@ -332,6 +332,9 @@ def test_ctrl_c_during_the_solve_exits_130_and_writes_nothing(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # SIGINT at its default in the child whatever this process inherited (a
+        # SIGINT ignored here would be ignored by the child too)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     header = proc.stdout.readline()  # printed just before the solve starts
@@ -346,6 +349,34 @@ def test_ctrl_c_during_the_solve_exits_130_and_writes_nothing(tmp_path):
     assert err == "error: interrupted; partial outputs removed\n", err
     assert latency < 10, latency
     assert not out.exists()
+
+
+def test_sigint_while_waiting_interrupts_the_command_and_restores_the_handler():
+    # in-process: the command (a thread) sends SIGINT to this process and blocks;
+    # the waiting main thread ends the command within a few wait periods, and
+    # SIGINT's handler is Python's own again afterwards
+    import signal
+    import threading
+    import time
+
+    from spherejax.cli import app
+
+    assert threading.current_thread() is threading.main_thread()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    release = threading.Event()
+
+    def command():
+        os.kill(os.getpid(), signal.SIGINT)
+        release.wait(30)
+
+    tic = time.perf_counter()
+    try:
+        with pytest.raises(app._Interrupted):
+            app._in_worker(command)
+    finally:
+        release.set()
+    assert time.perf_counter() - tic < 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_simulate_memory_stays_proportional_to_one_attention_matrix(tmp_path):

@@ -8,6 +8,7 @@ code of `errors.classify`.
 """
 
 import os
+import signal
 import sys
 import threading
 
@@ -43,9 +44,16 @@ def _run(args) -> None:
 def _in_worker(fn, *args):
     """Run `fn(*args)` in a daemon thread; its exception is re-raised here. The
     main thread waits on an event in short, interruptible waits (not
-    `Thread.join`, whose bookkeeping a KeyboardInterrupt can corrupt)."""
+    `Thread.join`, whose bookkeeping a KeyboardInterrupt can corrupt).
+
+    While it waits, SIGINT only sets a flag, which the wait loop checks every 50
+    ms: Python's own handler raises `KeyboardInterrupt` wherever the main thread
+    happens to be, and raised inside a weakref callback or a `__del__` that
+    exception is printed and dropped, so the command would run on. A SIGINT that
+    the process inherited as ignored stays ignored, as Python leaves it."""
     box: dict = {}
     done = threading.Event()
+    interrupted = threading.Event()
 
     def target():
         try:
@@ -55,12 +63,22 @@ def _in_worker(fn, *args):
         finally:
             done.set()
 
+    previous = None
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     threading.Thread(target=target, name="spherejax-command", daemon=True).start()
     try:
         while not done.wait(0.05):
-            pass
+            if interrupted.is_set():
+                raise _Interrupted(done)
     except KeyboardInterrupt:
         raise _Interrupted(done) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if "error" in box:
         raise box["error"]
     return box.get("result")
