@@ -17,16 +17,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
-# With `pytest -n N` every worker (and every process it starts) runs XLA on one
-# thread: N workers already occupy the cores, and XLA's own thread pools on top of
-# them only compete for the same cores (on 2 cores with `-n 2`, three slow test
-# files ran in 325 s instead of 356 s). Flags chosen by the caller are kept.
-if os.environ.get("PYTEST_XDIST_WORKER") and "intra_op_parallelism_threads" not in (
+# With `pytest -n N` every worker (and every process it starts) runs XLA's matrix
+# products on one thread: N workers already occupy the cores, and Eigen's thread
+# pools on top of them only compete for the same cores (on 2 cores with `-n 2`,
+# three slow test files ran in 325 s instead of 356 s). Flags chosen by the
+# caller are kept.
+if os.environ.get("PYTEST_XDIST_WORKER") and "xla_cpu_multi_thread_eigen" not in (
     os.environ.get("XLA_FLAGS", "")
 ):
     os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
 
 import jax
@@ -49,6 +49,10 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 def pytest_collection_modifyitems(config, items):
     # executed notebooks are slow (each runs a full example): `-m "not slow"` skips
     # them for a quick run; the plain test command still runs them
+    # The executed notebooks are collected last but are among the longest items:
+    # they go first, so that `pytest -n 2` does not end with one worker running a
+    # notebook while the other waits.
+    items.sort(key=lambda item: item.path.suffix != ".ipynb")
     for item in items:
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.slow)
