@@ -47,13 +47,13 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 def pytest_collection_modifyitems(config, items):
-    # executed notebooks are slow (each runs a full example): `-m "not slow"` skips
-    # them for a quick run; the plain test command still runs them
-    # The executed notebooks are collected last but are among the longest items:
+    # the executed notebooks are collected last but are among the longest items:
     # they go first, so that `pytest -n 2` does not end with one worker running a
-    # notebook while the other waits.
+    # notebook while the other waits
     items.sort(key=lambda item: item.path.suffix != ".ipynb")
     for item in items:
+        # executed notebooks are slow (each runs a full example): `-m "not slow"`
+        # skips them for a quick run; the plain test command still runs them
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.slow)
         # the real-model notebook imports all-MiniLM-L6-v2's weights, which come with
