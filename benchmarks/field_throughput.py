@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from _common import compare, header
 
 import spherejax as sj
+from spherejax._attention import _evaluation
 
 
 jax.config.update("jax_enable_x64", True)
@@ -36,7 +37,7 @@ def main(quick: bool = False):
             x = sj.Sphere().random(keys[3], (n, d)).astype(dtype)
             chunk = 1024
             dense = sj.SelfAttention(Q, K, V, 1.0)
-            chunked = sj.SelfAttention(Q, K, V, 1.0, chunk_size=chunk)
+            chunked = sj.SelfAttention(Q, K, V, 1.0, evaluation=sj.Chunked(chunk))
             fns = {
                 "floor": jax.jit(lambda a, b, c: jnp.exp(a @ b.T) @ c),
                 "field": jax.jit(lambda y: dense(0.0, y)),
@@ -53,13 +54,13 @@ def main(quick: bool = False):
             for k in fns:
                 t = time.perf_counter()
                 # "dpa": the dense field forced through jax.nn.dot_product_attention
-                sj._attention._FORCE_DPA = k == "dpa"
+                _evaluation._FORCE_DPA = k == "dpa"
                 fns[k] = fns[k].lower(*args[k]).compile()
-                sj._attention._FORCE_DPA = False
+                _evaluation._FORCE_DPA = False
                 compile_s[k] = time.perf_counter() - t
             rounds = 3 if n >= 16384 else 7
             med, ratio = compare(fns, args, rounds=rounds)
-            dpa = sj._attention.uses_dot_product_attention(dtype, "softmax", None, n)
+            dpa = sj.attention.uses_dot_product_attention(dtype, sj.Softmax())
             line = (
                 f"dtype={jnp.dtype(dtype).name} n={n} d={d} "
                 f"floor_ms={1e3 * med['floor']:.3f} field_ms={1e3 * med['field']:.3f} "

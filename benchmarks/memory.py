@@ -5,7 +5,7 @@ prints its peak resident set size (`VmHWM` from `/proc/self/status`, the whole
 process: Python, jax runtime, compiled code and buffers) and its run time:
 
 - `baseline`: import spherejax, place the (n, d) tokens, run a trivial jitted op;
-- `field`: one evaluation of `SelfAttention(..., chunk_size=1024)` (softmax,
+- `field`: one evaluation of `SelfAttention(..., evaluation=Chunked(1024))` (softmax,
   random Q, K, V, beta = 1, float32);
 - `step`: one step of `solve` with the default `Retract(Tsit5())`
   (`dt0 = t1 = 0.01`: one initial evaluation + 6 stages);
@@ -52,7 +52,7 @@ def child(config: str):
     Q, K, V = (jax.random.normal(k, (D, D), jnp.float32) / D**0.5 for k in keys[:3])
     x = sj.Sphere().random(keys[3], (n, D)).astype(jnp.float32)
     chunk = None if config.startswith("dense") else CHUNK
-    field = sj.SelfAttention(Q, K, V, 1.0, chunk_size=chunk)
+    field = sj.SelfAttention(Q, K, V, 1.0, evaluation=sj.Chunked(chunk))
     out = {"config": config, "n": n, "d": D, "chunk_size": chunk}
     t = time.perf_counter()
     if config == "baseline":
@@ -69,7 +69,7 @@ def child(config: str):
     elif config in ("grad_compiled", "grad"):
 
         def loss(beta, V):
-            f = sj.SelfAttention(Q, K, V, beta, chunk_size=CHUNK)
+            f = sj.SelfAttention(Q, K, V, beta, evaluation=sj.Chunked(CHUNK))
             return jnp.sum(jnp.sin(f(0.0, x)))
 
         compiled = (

@@ -10,7 +10,7 @@ Sections (the JSON schema is `SCHEMA` below and in `benchmarks/README.md`):
   `jax.nn.dot_product_attention`
   (`dpa`, one head `(1, n, 1, d)`, scale 1), the XLA floor `exp(A B^T) C`, the
   dense `SelfAttention` (random Q, K, V, softmax, tangent projection) and the
-  chunked one (`chunk_size=1024`); dense rows only up to `--dense-max-n` (their
+  chunked one (`evaluation=Chunked(1024)`); dense rows only up to `--dense-max-n` (their
   `n x n` arrays), plus float64 at n = 4096 (floor and dense field);
 - `field_small` and `ensemble`: `benchmarks/ensemble.py` (batched small-n field
   against its floors; the 1000-member ensemble table);
@@ -51,6 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 from _common import compare  # noqa: E402
 
 import spherejax as sj  # noqa: E402
+from spherejax.attention import uses_dot_product_attention as uses_dpa  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", True)
@@ -148,7 +149,7 @@ def attention(
         Q, K, V = (jax.random.normal(k, (d, d), dtype) / d**0.5 for k in keys[:3])
         x = sj.Sphere().random(keys[3], (n, d)).astype(dtype)
         dense = sj.SelfAttention(Q, K, V, 1.0)
-        chunked = sj.SelfAttention(Q, K, V, 1.0, chunk_size=chunk)
+        chunked = sj.SelfAttention(Q, K, V, 1.0, evaluation=sj.Chunked(chunk))
         fns, args = {}, {}
         if n <= dense_max_n:
             fns["floor"] = jax.jit(lambda a, b, c: jnp.exp(a @ b.T) @ c)
@@ -175,9 +176,7 @@ def attention(
             "n": n,
             "d": d,
             "chunk_size": chunk,
-            "field_uses_dpa": sj._attention.uses_dot_product_attention(
-                dtype, "softmax", None, n
-            ),
+            "field_uses_dpa": uses_dpa(dtype, sj.Softmax()),
             "ms": {k: 1e3 * v for k, v in med.items()},
             "compile_s": compile_s,
         }

@@ -1,6 +1,6 @@
 """spherejax: attention flows on spheres, in JAX."""
 
-from . import models as models
+from . import attention as attention, models as models
 from ._action import (
     AbstractLagrangian as AbstractLagrangian,
     Kinetic as Kinetic,
@@ -15,7 +15,20 @@ from ._action import (
     node_velocities as node_velocities,
 )
 from ._adjoint import ReplayAdjoint as ReplayAdjoint
-from ._attention import attention_matrix as attention_matrix
+from ._attention import (
+    AbstractNormalization as AbstractNormalization,
+    Causal as Causal,
+    Chunked as Chunked,
+    Dense as Dense,
+    Hardmax as Hardmax,
+    KeyMask as KeyMask,
+    RoPE as RoPE,
+    Sinkhorn as Sinkhorn,
+    SlidingWindow as SlidingWindow,
+    Softmax as Softmax,
+    Unnormalized as Unnormalized,
+    attention_matrix as attention_matrix,
+)
 from ._continuum import (
     feature_continuum as feature_continuum,
     feature_operator as feature_operator,
@@ -48,6 +61,7 @@ from ._ensemble import (
     worst_member_rms_norm as worst_member_rms_norm,
 )
 from ._field import (
+    AbstractAttention as AbstractAttention,
     AbstractField as AbstractField,
     FeedForward as FeedForward,
     IdentityAttention as IdentityAttention,

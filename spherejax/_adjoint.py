@@ -24,8 +24,9 @@ steps cost nothing in the backward pass, and no step is re-run.
 
 Each stage's pullback $\partial_x f(X_i)^\top \bar F_i$ is `jax.vjp` of the field
 in general (one re-evaluation plus the pullback). For `SelfAttention` on a
-`Sphere` with softmax or unnormalized attention (dense, any number of heads,
-causal or not, weighted or not) in float64 the pullback reuses the stored stage
+`Sphere` whose normalisation has a reverse rule (`supports_replay`: `Softmax`,
+`Unnormalized`; dense evaluation, any number of heads, causal or not, weighted or
+not, no biases or positions) in float64 the pullback reuses the stored stage
 output (in float32 it measured slower than recomputation on CPU, so it is not
 used there): the
 field is $f = v - \langle x, v\rangle x / R^2$ with
@@ -37,7 +38,8 @@ are stored too. The projection's pullback is then written out,
 $$\bar v = \bar F - x\,\langle x, \bar F\rangle / R^2,\qquad
 \bar x \mathrel{+}= -\langle x, \bar F\rangle\, v / R^2 - r\, \bar F / R^2,$$
 
-and the attention's is autodiff of the dense formula with its output unused, so
+and the attention's is autodiff of the formula through the normalisation's
+attention matrix (`SelfAttention.attention_via_matrix`) with its output unused, so
 the product $A (V x)$ is never formed: the scores plus four `n x n x d` products,
 against six for re-evaluation plus autodiff.
 
@@ -63,7 +65,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from . import _checks
-from ._attention import _log_weights, _mask, _row_weights, scores
+from ._attention import Chunked, Dense
 from ._field import AbstractField, SelfAttention
 from ._manifold import AbstractManifold, Sphere
 from ._solver.retract import Retract, with_scan_kind
@@ -269,14 +271,21 @@ def _fast_path(field: AbstractField, y0: Array) -> bool:
     # float32: the recomputing pullback measured faster on CPU (gradient/forward
     # 3.7-3.9 against 4.2-4.4, benchmarks/grad_cost.py); float64: the stored-output
     # pullback (3.0-3.2 against 3.6-3.7)
-    n = y0.shape[0]
-    return (
+    if not (
         jnp.finfo(y0.dtype).bits >= 64
         and type(field) is SelfAttention
         and type(field.manifold) is Sphere
-        and field.normalization in ("softmax", "unnormalized")
-        and (field.chunk_size is None or field.chunk_size >= n)
-        and not field.has_extras  # biases and key masks: the generic pullback
+    ):
+        return False
+    field = cast(SelfAttention, field)
+    evaluation = field.evaluation
+    dense = type(evaluation) is Dense or (
+        type(evaluation) is Chunked and evaluation.size >= y0.shape[0]
+    )
+    return (
+        field.normalization.supports_replay
+        and dense
+        and not field.has_extras  # biases, masks, positions: the generic pullback
     )
 
 
@@ -361,54 +370,34 @@ def _tableau(solver: diffrax.AbstractSolver):
     return a, b, c, bool(tab.fsal)
 
 
-def _attention_pullback(field: SelfAttention, x, f, r, fbar):
-    """`(field_bar, x_bar)` of `x -> field(t, x)` at `x` against `fbar`, given the
+def _attention_pullback(params, static, x, f, r, fbar):
+    """`(params_bar, x_bar)` of `x -> field(t, x)` at `x` against `fbar`, given the
     output `f` and the radial component `r = <x, v>` (five `n x n x d` products)."""
+    field = cast(SelfAttention, eqx.combine(params, static))
     dt = x.dtype
     R2 = jnp.asarray(cast(Sphere, field.manifold).radius, dt) ** 2
-    Q, K, V = (a.astype(dt) for a in (field.Q, field.K, field.V))
-    beta = field.beta.astype(dt)
     # tangent projection f = v - <x, v> x / R^2
     xo = jnp.sum(x * fbar, axis=-1, keepdims=True)
     vbar = fbar - xo * x / R2
     v = f + (r[:, None] / R2) * x
     xbar = -(xo / R2) * v - (r[:, None] / R2) * fbar
-    # attention v = sum_h A^h (V_h x): autodiff of the plain dense formula (softmax
-    # as a whole, so its pullback needs A only); the product A (V x) itself is never
-    # used, so XLA drops it and the pullback costs the scores plus four products.
-    n = x.shape[0]
-    mask = _mask(jnp.arange(n), n, field.causal)
+    # attention v = sum_h A^h (V_h x): autodiff of the formula through the
+    # normalisation's attention matrix (softmax as a whole, so its pullback needs A
+    # only); the product A (V x) itself is never used, so XLA drops it and the
+    # pullback costs the scores plus four products.
 
-    def attention(Q, K, V, beta, weights, x):
-        log_w = _log_weights(n, dt, None if weights is None else jnp.log(weights))
-        a = _row_weights(scores(x, x, Q, K), beta, log_w, mask, field.normalization)
-        return jnp.einsum("hij,hje->ie", a, jnp.einsum("hed,nd->hne", V, x))
+    def attention(p, x):
+        return cast(SelfAttention, eqx.combine(p, static)).attention_via_matrix(x)
 
-    weights = None if field.weights is None else field.weights.astype(dt)
-    _, pullback = jax.vjp(attention, Q, K, V, beta, weights, x)
-    Qbar, Kbar, Vbar, betabar, wbar, xbar_att = pullback(vbar)
-    grads = {
-        "Q": Qbar.astype(field.Q.dtype),
-        "K": Kbar.astype(field.K.dtype),
-        "V": Vbar.astype(field.V.dtype),
-        "beta": betabar.astype(field.beta.dtype),
-    }
-    if field.weights is not None:
-        grads["weights"] = wbar.astype(field.weights.dtype)
-    return grads, xbar + xbar_att
+    _, pullback = jax.vjp(attention, params, x)
+    pbar, xbar_att = pullback(vbar)
+    return pbar, xbar + xbar_att
 
 
 def _stage_pullback(params, static, fast, t, x, f, r, fbar, args):
     """Cotangents `(params_bar, x_bar)` of one field evaluation."""
     if fast:
-        field = eqx.combine(params, static)
-        grads, xbar = _attention_pullback(field, x, f, r, fbar)
-        pbar = eqx.tree_at(
-            lambda fl: [getattr(fl, k) for k in grads],
-            params,
-            [grads[k] for k in grads],
-        )
-        return pbar, xbar
+        return _attention_pullback(params, static, x, f, r, fbar)
 
     def fn(p, x):
         return eqx.combine(p, static)(t, x, args)

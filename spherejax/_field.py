@@ -7,7 +7,6 @@ Every field is an `eqx.Module` whose `__call__(t, y, args)` takes tokens `y` of 
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -17,12 +16,20 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._attention import (
-    _check_key_mask,
-    _check_normalization,
-    _dense_attention,
-    attend,
-    uses_dot_product_attention,
+    AbstractEvaluation,
+    AbstractMask,
+    AbstractNormalization,
+    AbstractPosition,
+    Causal,
+    Chunked,
+    Dense,
+    KeyMask,
+    Softmax,
+    legacy_parts,
+    mask_fn,
+    uniform_log_weights,
 )
+from ._attention._heads import expand_groups, project, queries_keys
 from ._manifold import AbstractManifold, Sphere
 from ._misc import is_concrete
 
@@ -96,23 +103,6 @@ def _bias(name: str, value, shape: tuple[int, ...]) -> Array | None:
     return value
 
 
-def _key_mask(value, heads: int, normalization: str) -> Array | None:
-    """A boolean key mask `(n,)` or `(heads, n)`, checked."""
-    if value is None:
-        return None
-    _check_key_mask(normalization, value)
-    value = jnp.asarray(value)
-    if value.dtype != jnp.bool_:
-        raise ValueError(f"`key_mask` must be boolean; got dtype {value.dtype}.")
-    if value.ndim not in (1, 2) or (value.ndim == 2 and value.shape[0] != heads):
-        raise ValueError(
-            f"`key_mask` must have shape `(n,)` or `({heads}, n)`; got {value.shape}."
-        )
-    if is_concrete(value) and not bool(np.all(np.any(np.asarray(value), axis=-1))):
-        raise ValueError("`key_mask` must keep at least one key (per head).")
-    return value
-
-
 def _as_heads(name: str, a, ndim_single: int) -> Array:
     a = _as_float(a)
     if a.ndim == ndim_single:
@@ -125,26 +115,167 @@ def _as_heads(name: str, a, ndim_single: int) -> Array:
     )
 
 
-class SelfAttention(AbstractField):
-    r"""Self-attention dynamics (Geshkovski–Letrouit–Polyanskiy–Rigollet, eq. 2.3/2.7):
+def _check_weights(weights) -> Array | None:
+    if weights is None:
+        return None
+    weights = jnp.asarray(weights)
+    if weights.ndim != 1:
+        raise ValueError(f"`weights` must be one-dimensional; got {weights.shape}.")
+    if is_concrete(weights):
+        w = np.asarray(weights, dtype=float)
+        if not (np.all(np.isfinite(w)) and np.all(w > 0)):
+            raise ValueError("`weights` must be positive and finite.")
+        if abs(w.sum() - 1) > 1e-6:
+            raise ValueError(f"`weights` must sum to 1; they sum to {w.sum()}.")
+    return weights
 
-    $$\dot x_i = P_{x_i}\Big[\sum_h \sum_j A^h_{ij}(X)\, (V_h x_j + c_h)
+
+def _check_parts(
+    normalization: AbstractNormalization,
+    masks: tuple[AbstractMask, ...],
+    position: AbstractPosition | None,
+    evaluation: AbstractEvaluation | None,
+    manifold: AbstractManifold,
+) -> AbstractEvaluation:
+    """Validate the attention parts; returns the evaluation (default `Dense()`)."""
+    name = type(normalization).__name__
+    if masks and not normalization.row_local:
+        if any(isinstance(m, KeyMask) for m in masks):
+            raise ValueError(
+                f"`key_mask` cannot be combined with `{name}` attention (its column "
+                "constraint would involve the removed keys); use quadrature "
+                "`weights` instead."
+            )
+        raise ValueError(
+            f"`{name}` attention is not row-local: it cannot be combined with a "
+            "mask (causal masking `Causal()`, `SlidingWindow(size)`, ...)."
+        )
+    if position is not None and not isinstance(position, AbstractPosition):
+        raise ValueError(
+            f"`position` must be a position part such as `RoPE()`; got {position!r}."
+        )
+    if evaluation is None:
+        evaluation = Dense()
+    if not isinstance(evaluation, AbstractEvaluation):
+        raise ValueError(
+            "`evaluation` must be an evaluation strategy (`Dense()`, `Chunked(size)`, "
+            f"...); got {evaluation!r}."
+        )
+    if not isinstance(manifold, AbstractManifold):
+        raise ValueError(f"`manifold` must be a spherejax manifold; got {manifold!r}.")
+    return evaluation
+
+
+class AbstractAttention(AbstractField):
+    r"""Attention composed of parts: a normalisation, masks, a position part and
+    an evaluation strategy (see `spherejax.attention`), with quadrature weights
+    `weights` and inverse temperature `beta`. Subclasses say how tokens are
+    projected into queries, keys and values."""
+
+    beta: eqx.AbstractVar[Float[Array, ""]]
+    weights: eqx.AbstractVar[Float[Array, " n"] | None]
+    normalization: eqx.AbstractVar[AbstractNormalization]
+    mask: eqx.AbstractVar[tuple[AbstractMask, ...]]
+    position: eqx.AbstractVar[AbstractPosition | None]
+    evaluation: eqx.AbstractVar[AbstractEvaluation]
+
+    @abc.abstractmethod
+    def attention_rows(
+        self, y_rows: Float[Array, "m d"], rows: Array, y: Float[Array, "n d"]
+    ) -> Float[Array, "m d"]:
+        """The attention output (before the tangent projection) of the query
+        tokens `y_rows` (token indices `rows`) against all tokens `y`."""
+
+    def attention(self, y: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        r"""The attention output before the tangent projection, $v_i = \sum_h
+        \sum_j A^h_{ij} (\text{value}_h)_j$ (the field is `to_tangent(y, v)`)."""
+        self.check_tokens(y)
+        return self.attention_rows(y, jnp.arange(y.shape[0]), y)
+
+    def __call__(self, t, y, args=None):
+        del t, args
+        return self.manifold.to_tangent(y, self.attention(y))
+
+    @property
+    def causal(self) -> bool:
+        """Whether a `Causal` mask is among the masks."""
+        return any(type(m) is Causal for m in self.mask)
+
+    @property
+    def chunk_size(self) -> int | None:
+        """The block size of `Chunked` evaluation, `None` otherwise."""
+        ev = self.evaluation
+        return ev.size if isinstance(ev, Chunked) else None
+
+    @property
+    def key_mask(self) -> Array | None:
+        """The array of the first `KeyMask` among the masks, if any."""
+        for m in self.mask:
+            if isinstance(m, KeyMask):
+                return m.mask
+        return None
+
+    def _log_weights(self, dtype) -> Array | None:
+        return None if self.weights is None else jnp.log(self.weights.astype(dtype))
+
+    def _evaluate(self, q, k, v, dtype, qidx, kidx) -> Array:
+        beta = self.beta.astype(dtype)
+        return self.evaluation(
+            self.normalization,
+            q,
+            k,
+            v,
+            beta,
+            self._log_weights(dtype),
+            self.mask,
+            qidx,
+            kidx,
+        )
+
+    def _check_common(self, y: Array, heads: int) -> None:
+        _check_weight_count(y, self.weights)
+        for m in self.mask:
+            m.check(y.shape[-2], heads)
+        self.evaluation.check(self.normalization, y.shape[-1])
+
+
+_LEGACY_DOC = """
+- `causal`, `chunk_size`, `sinkhorn_iters`, `key_mask`, and `normalization` given
+  by name (`"softmax"`, ...): the options of earlier releases, still accepted with
+  a `DeprecationWarning` (use `mask=Causal()`, `evaluation=Chunked(size)`,
+  `Sinkhorn(iterations)`, `mask=KeyMask(m)`, `Softmax()`).
+"""
+
+
+class SelfAttention(AbstractAttention):
+    r"""Self-attention dynamics (Geshkovski–Letrouit–Polyanskiy–Rigollet, eq. 2.3/2.7),
+    composed of parts:
+
+    $$\dot x_i = P_{x_i}\Big[\sum_{a=1}^{h} \sum_j A^a_{ij}(X)\, O_a (W_a x_j + c_a)
     + b_o\Big],\qquad
-    A^h_{ij} \propto w_j\, m^h_{ij}\,
-    e^{\beta \langle Q_h x_i + a_h,\, K_h x_j + b_h\rangle}$$
+    A^a_{ij} = \mathcal{N}\big(w_j\, m_{ij}\,
+    e^{\beta \langle R_i(Q_a x_i + a_a),\,
+    R_j(K_{\kappa(a)} x_j + b_{\kappa(a)})\rangle}\big)$$
 
-    with the normalisation of `A` chosen by `normalization` (see
-    `spherejax._attention`), `w` the quadrature weights (default `1/n`), `m` the
-    mask (causal `j <= i` and/or a boolean `key_mask`, e.g. padding) and `P_x` the
-    tangent projection of `manifold`. The biases `a_h` (`query_bias`), `b_h`
-    (`key_bias`), `c_h` (`value_bias`) and `b_o` (`output_bias`) are zero by
-    default. A standard multi-head attention layer
-    $\sum_h \mathrm{softmax}\big((W^Q_h x + b^Q_h)^\top(W^K_h x + b^K_h)/\sqrt{d_h}
-    \big)(W^V_h x + b^V_h) W^O_h + b^O$ is `Q_h = W^Q_h`, `K_h = W^K_h`,
-    `V_h = W^O_h W^V_h`, `a_h = b^Q_h`, `b_h = b^K_h`, `c_h = W^O_h b^V_h`,
-    `b_o = b^O`, `beta = 1/sqrt(d_h)` (column-vector convention): the query bias
-    gives the logit term $\langle b^Q_h, W^K_h x_j\rangle$, linear in the key, which
-    the bilinear form alone cannot express.
+    with $\mathcal{N}$ the `normalization` (`Softmax()`, `Unnormalized()`,
+    `Sinkhorn(iterations)`, `Hardmax()` or one of your own), $m$ the `mask`
+    (`Causal()`, `SlidingWindow(size)`, `KeyMask(mask)`, or a tuple of them, all
+    applying), $R_i$ the `position` part (e.g. `RoPE()`; identity by default),
+    $w$ the quadrature weights (default $1/n$), $\kappa(a)$ the key head of query
+    head $a$ (grouped heads) and $P_x$ the tangent projection of `manifold`. The
+    `evaluation` strategy (`Dense()`, `Chunked(size)`) changes the cost, not the
+    result.
+
+    Values: either one merged matrix per query head, `V` of shape `(h, d, d)`
+    ($O_a W_a = V_a$, $c_a$ = `value_bias` `(h, d)`), or factorised as in a
+    Transformer, `V` the value projections `(g, e, d)` (grouped like the keys),
+    `O` the output projections `(h, d, e)` and `value_bias` `(g, e)`: then a head
+    costs $O(n e)$ instead of $O(n d)$, as in the model. A standard multi-head layer
+    $\sum_a \mathrm{softmax}((W^Q_a x + b^Q_a)^\top(W^K_a x + b^K_a)/\sqrt{d_a})
+    (W^V_a x + b^V_a) W^O_a + b^O$ is `Q = W^Q`, `K = W^K`, `V = W^V`, `O = W^O`,
+    the biases, and `beta = 1/sqrt(d_a)`; the query bias gives the logit term
+    $\langle b^Q_a, W^K_a x_j\rangle$, linear in the key, which the bilinear form
+    alone cannot express.
 
     ??? cite
         B. Geshkovski, C. Letrouit, Y. Polyanskiy, P. Rigollet, *A mathematical
@@ -152,20 +283,20 @@ class SelfAttention(AbstractField):
     """
 
     Q: Float[Array, "h k d"]
-    K: Float[Array, "h k d"]
-    V: Float[Array, "h d d"]
+    K: Float[Array, "g k d"]
+    V: Float[Array, "hv e d"]
+    O: Float[Array, "h d e"] | None
     beta: Float[Array, ""]
     weights: Float[Array, " n"] | None
-    normalization: str = eqx.field(static=True)
-    causal: bool = eqx.field(static=True)
+    normalization: AbstractNormalization
+    mask: tuple[AbstractMask, ...]
+    position: AbstractPosition | None
+    evaluation: AbstractEvaluation
     manifold: AbstractManifold
-    chunk_size: int | None = eqx.field(static=True)
-    sinkhorn_iters: int = eqx.field(static=True)
     query_bias: Float[Array, "h k"] | None = None
-    key_bias: Float[Array, "h k"] | None = None
-    value_bias: Float[Array, "h d"] | None = None
+    key_bias: Float[Array, "g k"] | None = None
+    value_bias: Float[Array, "hv e"] | None = None
     output_bias: Float[Array, " d"] | None = None
-    key_mask: Array | None = None
 
     def __init__(
         self,
@@ -174,82 +305,101 @@ class SelfAttention(AbstractField):
         V: ArrayLike,
         beta: ArrayLike,
         *,
-        normalization: str = "softmax",
-        causal: bool = False,
+        O: ArrayLike | None = None,  # noqa: E741
+        normalization: AbstractNormalization | str = Softmax(),
+        mask: AbstractMask | tuple[AbstractMask, ...] | None = None,
+        position: AbstractPosition | None = None,
+        evaluation: AbstractEvaluation | None = None,
         weights: ArrayLike | None = None,
         manifold: AbstractManifold = Sphere(),
-        chunk_size: int | None = None,
-        sinkhorn_iters: int = 100,
         query_bias: ArrayLike | None = None,
         key_bias: ArrayLike | None = None,
         value_bias: ArrayLike | None = None,
         output_bias: ArrayLike | None = None,
+        causal: bool | None = None,
+        chunk_size: int | None = None,
+        sinkhorn_iters: int | None = None,
         key_mask: ArrayLike | None = None,
     ):
+        normalization, masks, evaluation = legacy_parts(
+            "SelfAttention",
+            normalization,
+            causal=causal,
+            sinkhorn_iters=sinkhorn_iters,
+            chunk_size=chunk_size,
+            key_mask=key_mask,
+            mask=mask,
+            evaluation=evaluation,
+        )
+        self.evaluation = _check_parts(
+            normalization, masks, position, evaluation, manifold
+        )
         Q = _as_heads("Q", Q, 2)
         K = _as_heads("K", K, 2)
-        V = _as_heads("V", V, 2)
-        if Q.shape != K.shape:
+        h, k, d = Q.shape
+        g = K.shape[0]
+        if K.shape[1:] != (k, d) or h % g:
             raise ValueError(
-                f"`Q` and `K` must have the same shape; got {Q.shape} and {K.shape}."
+                f"`Q` and `K` must match: `K` of shape `(g, {k}, {d})` with `g` "
+                f"dividing the {h} query heads of `Q` (grouped key/value heads); got "
+                f"`Q` {Q.shape} and `K` {K.shape}."
             )
-        h, _, d = Q.shape
-        if V.shape != (h, d, d):
-            raise ValueError(
-                f"`V` must have shape {(h, d, d) if h > 1 else (d, d)} to match "
-                f"`Q` of shape {Q.shape}; got {V.shape}."
-            )
-        _check_normalization(normalization, causal)
-        if not isinstance(manifold, AbstractManifold):
-            raise ValueError(
-                f"`manifold` must be a spherejax manifold; got {manifold!r}."
-            )
-        if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
-            raise ValueError(
-                f"`chunk_size` must be a positive integer; got {chunk_size}."
-            )
-        if int(sinkhorn_iters) != sinkhorn_iters or sinkhorn_iters < 1:
-            raise ValueError(
-                f"`sinkhorn_iters` must be a positive integer; got {sinkhorn_iters}."
-            )
-        if weights is not None:
-            weights = jnp.asarray(weights)
-            if weights.ndim != 1:
+        if O is None:
+            V = _as_heads("V", V, 2)
+            if V.shape != (h, d, d):
                 raise ValueError(
-                    f"`weights` must be one-dimensional; got {weights.shape}."
+                    f"`V` must have shape {(h, d, d) if h > 1 else (d, d)} to match "
+                    f"`Q` of shape {Q.shape} (or pass the factorised value and "
+                    f"output projections `V` `(g, e, d)` and `O` `(h, d, e)`); got "
+                    f"{V.shape}."
                 )
-            if is_concrete(weights):
-                w = np.asarray(weights, dtype=float)
-                if not (np.all(np.isfinite(w)) and np.all(w > 0)):
-                    raise ValueError("`weights` must be positive and finite.")
-                if abs(w.sum() - 1) > 1e-6:
-                    raise ValueError(f"`weights` must sum to 1; they sum to {w.sum()}.")
-        self.Q, self.K, self.V = Q, K, V
+            value_heads = h
+        else:
+            V = _as_heads("V", V, 2)
+            O = _as_heads("O", O, 2)
+            e = V.shape[1]
+            if V.shape != (g, e, d) or O.shape != (h, d, e):
+                raise ValueError(
+                    f"factorised values need `V` of shape `({g}, e, {d})` (one per key "
+                    f"head) and `O` of shape `({h}, {d}, e)`; got `V` {V.shape} and "
+                    f"`O` {O.shape}."
+                )
+            value_heads = g
+        self.Q, self.K, self.V, self.O = Q, K, V, O
         self.beta = _scalar("beta", beta)
-        self.weights = weights
+        self.weights = _check_weights(weights)
         self.normalization = normalization
-        self.causal = bool(causal)
+        self.mask = masks
+        self.position = position
         self.manifold = manifold
-        self.chunk_size = None if chunk_size is None else int(chunk_size)
-        self.sinkhorn_iters = int(sinkhorn_iters)
-        k = Q.shape[1]
         self.query_bias = _bias("query_bias", query_bias, (h, k))
-        self.key_bias = _bias("key_bias", key_bias, (h, k))
-        self.value_bias = _bias("value_bias", value_bias, (h, d))
+        self.key_bias = _bias("key_bias", key_bias, (g, k))
+        self.value_bias = _bias("value_bias", value_bias, (value_heads, V.shape[1]))
         self.output_bias = _bias("output_bias", output_bias, (d,))
-        self.key_mask = _key_mask(key_mask, h, normalization)
+        for m in masks:
+            if isinstance(m, KeyMask) and m.per_head and m.mask.shape[0] != h:
+                raise ValueError(
+                    f"`key_mask` must have shape `(n,)` or `({h}, n)`; got "
+                    f"{m.mask.shape}."
+                )
 
     @property
     def has_extras(self) -> bool:
-        """Whether any bias or key mask is set (the plain GLPR field if not)."""
+        """Whether anything beyond GLPR's field is set: biases, a mask other than
+        `Causal`, a position part, grouped heads or factorised values."""
         extras = (
             self.query_bias,
             self.key_bias,
             self.value_bias,
             self.output_bias,
-            self.key_mask,
+            self.position,
+            self.O,
         )
-        return any(a is not None for a in extras)
+        return (
+            any(a is not None for a in extras)
+            or any(type(m) is not Causal for m in self.mask)
+            or self.K.shape[0] != self.Q.shape[0]
+        )
 
     @classmethod
     def identity(cls, d: int, beta: ArrayLike, *, heads: int | None = None, **kwargs):
@@ -271,85 +421,117 @@ class SelfAttention(AbstractField):
     def check_tokens(self, y):
         super().check_tokens(y)
         _check_token_dim(y, self.dim)
-        _check_weight_count(y, self.weights)
-        if self.key_mask is not None and self.key_mask.shape[-1] != y.shape[-2]:
-            raise ValueError(
-                f"`y0` has n={y.shape[-2]} tokens but `key_mask` has "
-                f"{self.key_mask.shape[-1]} entries."
-            )
+        self._check_common(y, self.heads)
 
-    def _attend_args(self, dtype) -> tuple[tuple[Array, ...], dict]:
-        """`(Q, K, V, beta)` cast to `dtype` and the keyword options that
-        `attend` and `attend_rows` take from this field (log-weights included)."""
-        log_w = None if self.weights is None else jnp.log(self.weights.astype(dtype))
-        params = tuple(a.astype(dtype) for a in (self.Q, self.K, self.V, self.beta))
-        options: dict = dict(
-            normalization=self.normalization,
-            causal=self.causal,
-            log_weights=log_w,
-            chunk_size=self.chunk_size,
+    def _values(self, y: Array, dtype) -> Array:
+        V = self.V.astype(dtype)
+        c = None if self.value_bias is None else self.value_bias.astype(dtype)
+        vals = project(V, y, c, "hed,nd->hne")
+        return expand_groups(vals, self.heads)
+
+    def attention_rows(self, y_rows, rows, y):
+        dt = y.dtype
+        Q, K = (a.astype(dt) for a in (self.Q, self.K))
+        qb, kb = (
+            None if b is None else b.astype(dt)
+            for b in (self.query_bias, self.key_bias)
         )
-        for name in ("query_bias", "key_bias", "value_bias"):
-            if (b := getattr(self, name)) is not None:
-                options[name] = b.astype(dtype)
-        if self.key_mask is not None:
-            options["key_mask"] = self.key_mask
-        return params, options
-
-    def __call__(self, t, y, args=None):
-        del t, args
-        return self.manifold.to_tangent(y, self.attention(y))
-
-    def attention(self, y: Float[Array, "n d"]) -> Float[Array, "n d"]:
-        r"""The attention output before the tangent projection,
-        $v_i = \sum_h \sum_j A^h_{ij} (V_h y_j + c_h) + b_o$ (the field is
-        `to_tangent(y, v)`)."""
-        self.check_tokens(y)
-        params, options = self._attend_args(y.dtype)
-        v = attend(y, *params, sinkhorn_iters=self.sinkhorn_iters, **options)
+        kidx = jnp.arange(y.shape[0], dtype=rows.dtype)
+        q, k = queries_keys(Q, K, qb, kb, self.position, y_rows, rows, y, kidx)
+        v = self._values(y, dt)
+        if self.heads == 1:  # no head axis: faster batched products under vmap
+            out = self._evaluate(q[0], k[0], v[0], dt, rows, kidx)
+            if self.O is not None:
+                out = out @ self.O[0].astype(dt).T
+        else:
+            out = self._evaluate(q, k, v, dt, rows, kidx)
+            if self.O is None:
+                out = jnp.sum(out, axis=0)
+            else:
+                out = jnp.einsum("hne,hde->nd", out, self.O.astype(dt))
         if self.output_bias is not None:
-            v = v + self.output_bias.astype(y.dtype)
-        return v
+            out = out + self.output_bias.astype(dt)
+        return out
+
+    def attention_matrix(self, y: Float[Array, "n d"]) -> Float[Array, "h n n"]:
+        """The attention matrices `A^a_ij` of every query head, `(h, n, n)`."""
+        self.check_tokens(y)
+        dt = y.dtype
+        n = y.shape[0]
+        idx = jnp.arange(n)
+        Q, K = (a.astype(dt) for a in (self.Q, self.K))
+        qb, kb = (
+            None if b is None else b.astype(dt)
+            for b in (self.query_bias, self.key_bias)
+        )
+        q, k = queries_keys(Q, K, qb, kb, self.position, y, idx, y, idx)
+        lw = self._log_weights(dt)
+        lw = uniform_log_weights(n, dt) if lw is None else lw
+        fn = mask_fn(self.mask)
+        m = None if fn is None else fn(idx, idx)
+        s = jnp.einsum("hic,hjc->hij", q, k)
+        return self.normalization.matrix(s, self.beta.astype(dt), lw, m)
+
+    def attention_via_matrix(self, y: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        """`attention(y)` computed through `attention_matrix` (the formula, every
+        matrix formed; for reverse rules and tests)."""
+        a = self.attention_matrix(y)
+        v = self._values(y, y.dtype)
+        out = jnp.einsum("hij,hje->hie", a, v)
+        if self.O is None:
+            out = jnp.sum(out, axis=0)
+        else:
+            out = jnp.einsum("hne,hde->nd", out, self.O.astype(y.dtype))
+        if self.output_bias is not None:
+            out = out + self.output_bias.astype(y.dtype)
+        return out
 
 
-SelfAttention.__init__.__doc__ = """**Arguments:**
+SelfAttention.__init__.__doc__ = (
+    """**Arguments:**
 
-- `Q`, `K`: query and key matrices, shape `(k, d)` (one head) or `(h, k, d)`.
-- `V`: value matrices, shape `(d, d)` or `(h, d, d)`.
+- `Q`: query matrices, shape `(h, k, d)` (or `(k, d)` for one head).
+- `K`: key matrices, `(g, k, d)` with `g` dividing `h` (`g < h`: grouped
+  key/value heads, query head `a` reading key head `a // (h / g)`).
+- `V`: merged value-output matrices `(h, d, d)` (or `(d, d)`); or, with `O`, the
+  value projections `(g, e, d)`.
 - `beta`: inverse temperature (a finite scalar; differentiable).
-- `normalization`: `"softmax"` (default), `"unnormalized"`, `"sinkhorn"` or `"hardmax"`.
-- `causal`: mask `j <= i` (token `i` attends to earlier tokens only).
-- `weights`: quadrature weights `w_j > 0` summing to one (default `1/n`).
+- `O`: the output projections `(h, d, e)` of factorised values (default `None`).
+- `normalization`: `Softmax()` (default), `Unnormalized()`,
+  `Sinkhorn(iterations)`, `Hardmax()`, or a subclass of `AbstractNormalization`.
+- `mask`: `None`, a mask (`Causal()`, `SlidingWindow(size)`, `KeyMask(mask)` with
+  a boolean `(n,)` or `(h, n)`), or a tuple of masks (all apply). At least one key
+  must remain per row.
+- `position`: `None` or a position part such as `RoPE(theta, fraction, scaling)`;
+  token `i` has position `i`.
+- `evaluation`: `Dense()` (default) or `Chunked(size)` (memory `O(n d)` forward
+  and backward; equal to the dense result up to rounding).
+- `weights`: quadrature weights `w_j > 0` summing to one, `(n,)` (default `1/n`).
 - `manifold`: where tokens live (default `Sphere()`); outputs are projected onto
   its tangent spaces.
-- `chunk_size`: evaluate attention in `chunk_size x chunk_size` blocks with online
-  log-sum-exps over key blocks (every normalisation; memory `O(n d)` in the forward
-  and backward pass; equal to the dense result up to rounding).
-- `sinkhorn_iters`: number of log-domain Sinkhorn iterations.
-- `query_bias`, `key_bias`: per-head biases `a_h`, `b_h` of the query and key
-  projections, shape `(h, k)` (or `(k,)` for one head); default zero.
-- `value_bias`: per-head bias `c_h` added to `V_h x_j`, shape `(h, d)` (or `(d,)`).
+- `query_bias`, `key_bias`: biases `(h, k)`, `(g, k)` of the query and key
+  projections (or `(k,)` for one head); default zero.
+- `value_bias`: `(h, d)` added to `V_a x_j` (merged values) or `(g, e)` added to
+  the value projections (factorised).
 - `output_bias`: `b_o`, shape `(d,)`, added after the sum over heads.
-- `key_mask`: boolean, `(n,)` or `(h, n)` (per head): keys where it is `False` are
-  removed from every row (padding). At least one key must remain per row. Not
-  with Sinkhorn (use `weights`), nor with chunked hardmax.
 """
+    + _LEGACY_DOC
+)
 
 
-class IdentityAttention(AbstractField):
+class IdentityAttention(AbstractAttention):
     r"""GLPR's pure self-attention, $Q = K = V = I_d$, with `beta` its only parameter:
 
     $$\dot x_i = P_{x_i}\Big[\sum_j A_{ij}(X)\, x_j\Big],\qquad
-    A_{ij} \propto w_j\, m_{ij}\, e^{\beta \langle x_i, x_j\rangle}$$
+    A_{ij} = \mathcal{N}\big(w_j\, m_{ij}\, e^{\beta \langle x_i, x_j\rangle}\big)$$
 
-    (the SA/USA dynamics of GLPR eq. 2.3/2.7 as most of their results state them).
-    The same field as `SelfAttention.identity(d, beta, ...)`, but the identity
-    projections `Q x`, `K x`, `V x` are not computed: dense softmax/unnormalized
-    attention is two `n x n x d` products, where the general field adds three
-    `n x d x d` ones (a `solve` at n = 256, d = 64 in float64 takes 0.85-0.90x the time:
-    `benchmarks/solve_peers.py`). Other normalisations, chunked evaluation, and
-    softmax on GPU/TPU (where `jax.nn.dot_product_attention` may serve it) go
-    through `SelfAttention` with identity matrices.
+    (the SA/USA dynamics of GLPR eq. 2.3/2.7 as most of their results state them),
+    with the same parts as `SelfAttention` (normalisation, masks, position,
+    evaluation). The same field as `SelfAttention.identity(d, beta, ...)`, but the
+    identity projections `Q x`, `K x`, `V x` are not computed: dense
+    softmax/unnormalized attention is two `n x n x d` products, where the general
+    field adds three `n x d x d` ones (a `solve` at n = 256, d = 64 in float64
+    takes 0.85-0.90x the time: `benchmarks/solve_peers.py`).
 
     ??? cite
         B. Geshkovski, C. Letrouit, Y. Polyanskiy, P. Rigollet, *A mathematical
@@ -358,77 +540,81 @@ class IdentityAttention(AbstractField):
 
     beta: Float[Array, ""]
     weights: Float[Array, " n"] | None
-    normalization: str = eqx.field(static=True)
-    causal: bool = eqx.field(static=True)
+    normalization: AbstractNormalization
+    mask: tuple[AbstractMask, ...]
+    position: AbstractPosition | None
+    evaluation: AbstractEvaluation
     manifold: AbstractManifold
-    chunk_size: int | None = eqx.field(static=True)
-    sinkhorn_iters: int = eqx.field(static=True)
 
     def __init__(
         self,
         beta: ArrayLike,
         *,
-        normalization: str = "softmax",
-        causal: bool = False,
+        normalization: AbstractNormalization | str = Softmax(),
+        mask: AbstractMask | tuple[AbstractMask, ...] | None = None,
+        position: AbstractPosition | None = None,
+        evaluation: AbstractEvaluation | None = None,
         weights: ArrayLike | None = None,
         manifold: AbstractManifold = Sphere(),
+        causal: bool | None = None,
         chunk_size: int | None = None,
-        sinkhorn_iters: int = 100,
+        sinkhorn_iters: int | None = None,
+        key_mask: ArrayLike | None = None,
     ):
-        options: dict[str, Any] = dict(
-            normalization=normalization,
+        normalization, masks, evaluation = legacy_parts(
+            "IdentityAttention",
+            normalization,
             causal=causal,
-            weights=weights,
-            manifold=manifold,
-            chunk_size=chunk_size,
             sinkhorn_iters=sinkhorn_iters,
+            chunk_size=chunk_size,
+            key_mask=key_mask,
+            mask=mask,
+            evaluation=evaluation,
         )
-        # the general constructor validates every option (d is not known yet)
-        general = SelfAttention.identity(1, beta, **options)
-        for name in ("beta", *options):
-            setattr(self, name, getattr(general, name))
+        self.evaluation = _check_parts(
+            normalization, masks, position, evaluation, manifold
+        )
+        self.beta = _scalar("beta", beta)
+        self.weights = _check_weights(weights)
+        self.normalization = normalization
+        self.mask = masks
+        self.position = position
+        self.manifold = manifold
 
     def as_self_attention(self, d: int) -> SelfAttention:
         """The same field as a `SelfAttention` with `Q = K = V = I_d`."""
-        names = (
-            "normalization",
-            "causal",
-            "weights",
-            "manifold",
-            "chunk_size",
-            "sinkhorn_iters",
-        )
         return SelfAttention.identity(
-            d, self.beta, **{k: getattr(self, k) for k in names}
+            d,
+            self.beta,
+            normalization=self.normalization,
+            mask=self.mask,
+            position=self.position,
+            evaluation=self.evaluation,
+            weights=self.weights,
+            manifold=self.manifold,
         )
 
     def check_tokens(self, y):
         super().check_tokens(y)
-        _check_weight_count(y, self.weights)
+        self._check_common(y, 1)
 
-    def __call__(self, t, y, args=None):
-        self.check_tokens(y)
-        n, d = y.shape
-        dense = self.chunk_size is None or self.chunk_size >= n
-        if (
-            self.normalization not in ("softmax", "unnormalized")
-            or not dense
-            or uses_dot_product_attention(y.dtype, self.normalization, None, n)
-        ):
-            return self.as_self_attention(d)(t, y, args)
-        dt = y.dtype
-        log_w = None if self.weights is None else jnp.log(self.weights.astype(dt))
-        v = _dense_attention(
-            y,
-            None,
-            None,
-            None,
-            self.beta.astype(dt),
-            log_w,
-            causal=self.causal,
-            normalization=self.normalization,
+    def attention_rows(self, y_rows, rows, y):
+        kidx = jnp.arange(y.shape[0], dtype=rows.dtype)
+        q, k = queries_keys(
+            None, None, None, None, self.position, y_rows, rows, y, kidx
         )
-        return self.manifold.to_tangent(y, v)
+        return self._evaluate(q, k, y, y.dtype, rows, kidx)
+
+
+IdentityAttention.__init__.__doc__ = (
+    """**Arguments:**
+
+- `beta`: inverse temperature (a finite scalar; differentiable).
+- `normalization`, `mask`, `position`, `evaluation`, `weights`, `manifold`: as for
+  `SelfAttention`.
+"""
+    + _LEGACY_DOC
+)
 
 
 class FeedForward(AbstractField):

@@ -347,6 +347,7 @@ def _check_like(path: str, header: dict, like) -> None:
 def field_hyperparams(field) -> dict:
     """Hyperparameters that rebuild a skeleton of a `SelfAttention` field with
     `field_from_hyperparams` (used by the command line to save its fields)."""
+    from ._attention import Causal, Sinkhorn, normalization_name
     from ._field import SelfAttention
     from ._manifold import Sphere
 
@@ -356,30 +357,44 @@ def field_hyperparams(field) -> dict:
         raise ValueError("`field_hyperparams` supports fields on a `Sphere` only.")
     extras = ("query_bias", "key_bias", "value_bias", "output_bias", "key_mask")
     present = [name for name in extras if getattr(field, name, None) is not None]
+    if field.position is not None:
+        present.append("position")
+    if field.O is not None or field.K.shape[0] != field.Q.shape[0]:
+        present.append("grouped or factorised heads")
+    if any(type(m) is not Causal for m in field.mask) and field.key_mask is None:
+        present.append("masks other than `Causal()`")
+    name = normalization_name(field.normalization)
+    if name is None:
+        present.append(f"the normalisation {type(field.normalization).__name__}")
     if present:
         raise ValueError(
-            "`field_hyperparams` supports `SelfAttention` fields without biases or "
-            f"key masks; this one has {', '.join(present)} (save it with `save` and "
-            "load it into a skeleton built the same way)."
+            "`field_hyperparams` supports `SelfAttention` fields without biases, "
+            f"key masks or other parts; this one has {', '.join(present)} (save it "
+            "with `save` and load it into a skeleton built the same way)."
         )
+    normalization = field.normalization
+    iterations = (
+        normalization.iterations if isinstance(normalization, Sinkhorn) else 100
+    )
     h, k, d = field.Q.shape
     return {
         "class": "SelfAttention",
         "heads": int(h),
         "k": int(k),
         "d": int(d),
-        "normalization": field.normalization,
+        "normalization": name,
         "causal": field.causal,
         "weights": None if field.weights is None else int(field.weights.shape[0]),
         "radius": float(field.manifold.radius),
         "chunk_size": field.chunk_size,
-        "sinkhorn_iters": field.sinkhorn_iters,
+        "sinkhorn_iters": iterations,
     }
 
 
 def field_from_hyperparams(hp: dict):
     """A skeleton `SelfAttention` field with the options of `hp` (from
     `field_hyperparams`), ready to be filled by `load`."""
+    from ._attention import Causal, Chunked, Dense, normalization_from_name
     from ._field import SelfAttention
     from ._manifold import Sphere
 
@@ -396,12 +411,13 @@ def field_from_hyperparams(hp: dict):
         qk,
         v,
         0.0,
-        normalization=hp["normalization"],
-        causal=hp["causal"],
+        normalization=normalization_from_name(
+            hp["normalization"], iterations=hp["sinkhorn_iters"]
+        ),
+        mask=Causal() if hp["causal"] else None,
         weights=None if m is None else np.full(m, 1.0 / m),
         manifold=Sphere(hp["radius"]),
-        chunk_size=hp["chunk_size"],
-        sinkhorn_iters=hp["sinkhorn_iters"],
+        evaluation=Dense() if hp["chunk_size"] is None else Chunked(hp["chunk_size"]),
     )
 
 

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Float
 
-from ._attention import attend_rows
 from ._field import AbstractField, SelfAttention
 from ._integrate import solve
 
@@ -124,7 +123,8 @@ class TokenSharded(AbstractField):
     Inside a `shard_map`, each device holds `n / p` tokens (its queries), gathers
     all tokens (keys/values: `n x d` numbers, never an `n x n` array) with
     `lax.all_gather`, and evaluates attention for its own queries, blocked by the
-    field's `chunk_size` (`None`: one block of local queries against all keys).
+    field's evaluation strategy (`Dense()`: one block of local queries against all
+    keys; `Chunked(size)`: blocks).
     Outputs stay token-sharded. Row-local normalisations (softmax, unnormalized,
     hardmax, causal or not) are supported; Sinkhorn's column normalisation would
     need cross-device reductions every iteration and is not.
@@ -142,9 +142,12 @@ class TokenSharded(AbstractField):
                 f"`field` must be a `SelfAttention`; got {type(field).__name__} "
                 "(token-wise fields need no token sharding wrapper)."
             )
-        if field.normalization == "sinkhorn":
+        if not field.normalization.row_local:
+            name = type(field.normalization).__name__
             raise ValueError(
-                "`TokenSharded` does not support `normalization='sinkhorn'`."
+                f"`TokenSharded` needs a row-local normalisation; `{name}` is not "
+                "(sinkhorn's column normalisation would need cross-device "
+                "reductions every iteration)."
             )
         self.field = field
         self.mesh = mesh
@@ -171,8 +174,7 @@ class TokenSharded(AbstractField):
             first = jax.lax.axis_index(axis) * nl  # int32, as the index is
             qidx = first + jnp.arange(nl, dtype=first.dtype)
             keys = jax.lax.all_gather(y_local, axis, tiled=True)
-            qkvb, options = f._attend_args(y_local.dtype)
-            v = attend_rows(y_local, qidx, keys, *qkvb, **options)
+            v = f.attention_rows(y_local, qidx, keys)
             return f.manifold.to_tangent(y_local, v)
 
         run = jax.shard_map(

@@ -1,5 +1,5 @@
-"""Chunked attention (`chunk_size`) against the dense evaluation and numpy
-references."""
+"""Chunked attention (`evaluation=sj.Chunked(size)`) against the dense evaluation
+and numpy references."""
 
 import equinox as eqx
 import jax
@@ -9,8 +9,7 @@ import pytest
 from helpers import np_attention_velocity
 
 import spherejax as sj
-from spherejax import _attention
-from spherejax._attention import attend, uses_dot_product_attention
+from spherejax._attention import _evaluation, uses_dot_product_attention
 
 
 N, D, H = 13, 4, 2  # 13 tokens in blocks of 4 or 5: the last block is padded
@@ -28,6 +27,10 @@ def _problem(getkey, weighted=True):
     return x, Q, K, V, w
 
 
+def _part(name: str, iterations: int) -> sj.attention.AbstractNormalization:
+    return sj.attention.normalization_from_name(name, iterations=iterations)
+
+
 def _loss(field):
     def loss(x, V, beta):
         f = sj.SelfAttention(
@@ -36,10 +39,9 @@ def _loss(field):
             V,
             beta,
             normalization=field.normalization,
-            causal=field.causal,
+            mask=field.mask,
             weights=field.weights,
-            chunk_size=field.chunk_size,
-            sinkhorn_iters=field.sinkhorn_iters,
+            evaluation=field.evaluation,
         )
         return jnp.sum(jnp.sin(3 * f(0.0, x)))
 
@@ -60,9 +62,13 @@ CASES = [
 @pytest.mark.parametrize("normalization,causal,chunk", CASES)
 def test_chunked_equals_dense_with_gradients(normalization, causal, chunk, getkey):
     x, Q, K, V, w = _problem(getkey)
-    kw = dict(normalization=normalization, causal=causal, weights=w, sinkhorn_iters=30)
+    kw = dict(
+        normalization=_part(normalization, 30),
+        mask=sj.Causal() if causal else None,
+        weights=w,
+    )
     dense = sj.SelfAttention(Q, K, V, 1.7, **kw)
-    chunked = sj.SelfAttention(Q, K, V, 1.7, chunk_size=chunk, **kw)
+    chunked = sj.SelfAttention(Q, K, V, 1.7, evaluation=sj.Chunked(chunk), **kw)
     out = eqx.filter_jit(chunked)(0.0, x)
     np.testing.assert_allclose(
         out, eqx.filter_jit(dense)(0.0, x), rtol=1e-12, atol=1e-12
@@ -86,15 +92,9 @@ def test_hardmax_ties_across_blocks():
     x = jnp.tile(jnp.array([[1.0, 0.0, 0.0]]), (N, 1))
     x = x.at[::3].set(jnp.array([0.0, 1.0, 0.0]))
     Q = jnp.array([[0.0, 0.0, 1.0]])  # Q x = 0: scores all zero
-    out = attend(
-        x,
-        Q[None],
-        Q[None],
-        jnp.eye(3)[None],
-        1.0,
-        normalization="hardmax",
-        chunk_size=4,
-    )
+    out = sj.SelfAttention(
+        Q, Q, jnp.eye(3), 1.0, normalization=sj.Hardmax(), evaluation=sj.Chunked(4)
+    ).attention(x)
     np.testing.assert_allclose(
         out, jnp.broadcast_to(jnp.mean(x, 0), x.shape), atol=1e-15
     )
@@ -106,16 +106,15 @@ def test_chunked_sinkhorn_is_doubly_stochastic(getkey):
     n = 6
     x = jnp.eye(n)
     Q = 0.3 * jax.random.normal(getkey(), (n, n))
-    out = attend(
-        x,
-        Q[None],
-        Q[None],
-        jnp.eye(n)[None],
+    out = sj.SelfAttention(
+        Q,
+        Q,
+        jnp.eye(n),
         2.0,
-        normalization="sinkhorn",
-        sinkhorn_iters=200,
-        chunk_size=4,
-    )
+        normalization=sj.Sinkhorn(200),
+        evaluation=sj.Chunked(4),
+        manifold=sj.Euclidean(),
+    ).attention(x)
     A = np.asarray(out)  # A_ij x_j summed over j = row i of A (x_j = e_j)
     np.testing.assert_allclose(A.sum(1), 1.0, atol=1e-12)
     np.testing.assert_allclose(A.sum(0), 1.0, atol=1e-10)
@@ -128,7 +127,7 @@ def test_backward_memory_is_linear_in_n(normalization):
     # compile (do not run) the gradient at n = 4096: a dense backward would need
     # n^2 * 8 bytes = 134 MB per score-sized array; the chunked one stays far below
     n, d, c = 4096, 8, 128
-    kw = dict(chunk_size=c, normalization=normalization, sinkhorn_iters=10)
+    kw = dict(evaluation=sj.Chunked(c), normalization=_part(normalization, 10))
     x = jnp.zeros((n, d))
 
     def loss(beta, x):
@@ -148,17 +147,19 @@ def test_float32_softmax_routes_through_dot_product_attention(
     causal, getkey, monkeypatch
 ):
     # the route is taken on GPU/TPU; force it here to check it on CPU
-    assert not uses_dot_product_attention(jnp.float32, "softmax", None, N) or (
+    assert not uses_dot_product_attention(jnp.float32, sj.Softmax()) or (
         jax.default_backend() != "cpu"
     )
-    monkeypatch.setattr(_attention, "_FORCE_DPA", True)
+    monkeypatch.setattr(_evaluation, "_FORCE_DPA", True)
     x, Q, K, V, w = _problem(getkey)
-    assert uses_dot_product_attention(jnp.float32, "softmax", None, N)
-    assert not uses_dot_product_attention(jnp.float64, "softmax", None, N)
-    assert not uses_dot_product_attention(jnp.float32, "softmax", 4, N)
-    assert not uses_dot_product_attention(jnp.float32, "unnormalized", None, N)
+    assert uses_dot_product_attention(jnp.float32, sj.Softmax(), (sj.Causal(),))
+    assert not uses_dot_product_attention(jnp.float64, sj.Softmax())
+    keys = sj.KeyMask(np.ones(N, bool))
+    assert not uses_dot_product_attention(jnp.float32, sj.Softmax(), (keys,))
+    assert not uses_dot_product_attention(jnp.float32, sj.Unnormalized())
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-    field = sj.SelfAttention(f32(Q), f32(K), f32(V), 1.7, causal=causal, weights=f32(w))
+    mask = sj.Causal() if causal else None
+    field = sj.SelfAttention(f32(Q), f32(K), f32(V), 1.7, mask=mask, weights=f32(w))
     out = field(0.0, f32(x))
     assert out.dtype == jnp.float32
     ref = np_attention_velocity(
@@ -172,7 +173,7 @@ def test_float32_softmax_routes_through_dot_product_attention(
             K.astype(dtype),
             V.astype(dtype),
             beta,
-            causal=causal,
+            mask=mask,
             weights=jnp.asarray(w, dtype),
         )
         return jnp.sum(jnp.sin(f(0.0, x.astype(dtype))))

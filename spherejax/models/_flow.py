@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from .._attention import KeyMask
 from .._field import AbstractField, Layerwise, SelfAttention, Sum
 from .._integrate import solve as _solve
 from .._manifold import AbstractManifold, Euclidean, LayerNormSphere
@@ -77,7 +78,9 @@ def _with_key_mask(field: AbstractField, key_mask: Array | None) -> AbstractFiel
         mask = key_mask
         if num_layers is not None:
             mask = jnp.broadcast_to(key_mask, (num_layers, *key_mask.shape))
-        return eqx.tree_at(lambda m: m.key_mask, a, mask, is_leaf=lambda x: x is None)
+        # the stacked layers index the mask's leading axis like every parameter
+        key = eqx.tree_at(lambda m: m.mask, KeyMask(key_mask), mask)
+        return eqx.tree_at(lambda m: m.mask, a, (*a.mask, key))
 
     return jax.tree.map(set_mask, field, is_leaf=is_attention)
 

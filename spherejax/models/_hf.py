@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._attention import Causal
 from .._field import FeedForward, Layerwise, SelfAttention, Sum
 from .._manifold import Euclidean
 from .._transformer import LayerNorm
@@ -116,18 +117,19 @@ def _heads_from_linear(Wq, bq, Wk, bk, Wv, bv, Wo, bo, heads: int):
     dh = Wq.shape[0] // heads
     Q = Wq.reshape(heads, dh, d)
     K = Wk.reshape(heads, dh, d)
+    # values kept factorised, V_h = O_h W_h with W_h (dh, d) and O_h (d, dh): a
+    # head costs O(n dh) as in the model, not O(n d)
     Wv_h = Wv.reshape(heads, dh, d)
     Wo_h = Wo.reshape(d, heads, dh).transpose(1, 0, 2)  # (h, d, dh)
-    V = jnp.einsum("hde,hef->hdf", Wo_h, Wv_h)
-    value_bias = jnp.einsum("hde,he->hd", Wo_h, bv.reshape(heads, dh))
     return dict(
         Q=Q,
         K=K,
-        V=V,
+        V=Wv_h,
+        O=Wo_h,
         beta=1.0 / np.sqrt(dh),
         query_bias=bq.reshape(heads, dh),
         key_bias=bk.reshape(heads, dh),
-        value_bias=value_bias,
+        value_bias=bv.reshape(heads, dh),
         output_bias=bo,
     )
 
@@ -138,7 +140,8 @@ def _attention(p: dict, causal: bool) -> SelfAttention:
         p["K"],
         p["V"],
         p["beta"],
-        causal=causal,
+        O=p["O"],
+        mask=Causal() if causal else None,
         manifold=Euclidean(),
         query_bias=p["query_bias"],
         key_bias=p["key_bias"],
