@@ -611,3 +611,49 @@ def test_moving_intervals_ends_where_the_tokens_come_to_rest():
     expected = np.nonzero(np.exp(-2 * mid) >= REST * np.exp(-2 * mid[0]))[0][-1] + 1
     assert abs(m - expected) <= 1
     assert 44 <= m <= 48  # log(1e4) / 2 = 4.6: about 46 intervals of 0.1
+
+
+def test_atomic_writes_leave_whole_files_or_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from spherejax.cli import files
+
+    target = tmp_path / "a.json"
+    files.write_atomic(target, b"first")
+    files.write_atomic(target, b"second")
+    assert target.read_bytes() == b"second"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would give
+
+    # a planted symlink at a predictable temporary name is never followed
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in (".b.json.tmp", "b.json.tmp", ".b.json"):
+        (tmp_path / name).symlink_to(victim)
+    files.write_atomic(tmp_path / "b.json", b"data")
+    assert victim.read_text() == "keep me"
+
+    # the target is a folder: the rename fails, the temporary file is removed
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(IsADirectoryError):
+        files.write_atomic(tmp_path / "taken", b"data")
+
+    # a full disk: the temporary file is removed
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        files.write_atomic(tmp_path / "c.json", b"data")
+    monkeypatch.undo()
+
+    # a writer that fails (e.g. a model refused by spherejax.save): removed too
+    def refuse(path):
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        files.write_temporary_with(tmp_path / "d.sjx", refuse)
+    left = sorted(p.name for p in tmp_path.iterdir() if files.is_temporary(p.name))
+    assert left == [".b.json.tmp"]  # the planted link, nothing written by us
+    assert not files.is_temporary("a.json") and files.is_temporary(".a.json.x1.tmp")
