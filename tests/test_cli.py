@@ -657,3 +657,11 @@ def test_atomic_writes_leave_whole_files_or_nothing(tmp_path, monkeypatch):
     left = sorted(p.name for p in tmp_path.iterdir() if files.is_temporary(p.name))
     assert left == [".b.json.tmp"]  # the planted link, nothing written by us
     assert not files.is_temporary("a.json") and files.is_temporary(".a.json.x1.tmp")
+
+
+def test_phase_diagram_cells_are_drawn_where_the_betas_lie():
+    # unevenly spaced betas: each cell spans the midpoints to its neighbours
+    from spherejax.cli.plots import _edges
+
+    np.testing.assert_allclose(_edges([0.5, 1, 2, 4]), [0.25, 0.75, 1.5, 3, 5])
+    np.testing.assert_allclose(_edges([0.0, 0.5, 1.0]), [-0.25, 0.25, 0.75, 1.25])
