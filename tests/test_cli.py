@@ -95,6 +95,7 @@ def _bad_files(folder):
     np.savez(bad / "nan.npz", ts=ts, ys=ys_nan)
     np.savez(bad / "ts_decreasing.npz", ts=ts[::-1], ys=ys)
     np.savez(bad / "ts_short.npz", ts=ts[:-1], ys=ys)
+    _probe_files(bad)  # no_tokens.npy, tokens.npz, no_tokens.npz, pickled.sjx, ...
 
 
 def _edited_headers(bad):
