@@ -80,11 +80,6 @@ def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _is_temporary(name: str) -> bool:
-    """Whether a file name is one of `_write_atomic`'s temporary files."""
-    return name.startswith(".") and name.endswith(TMP_SUFFIX)
-
-
 def _version() -> str:
     return __version__
 

@@ -95,6 +95,7 @@ def _bad_files(folder):
     np.savez(bad / "nan.npz", ts=ts, ys=ys_nan)
     np.savez(bad / "ts_decreasing.npz", ts=ts[::-1], ys=ys)
     np.savez(bad / "ts_short.npz", ts=ts[:-1], ys=ys)
+    _probe_files(bad)  # no_tokens.npy, tokens.npz, no_tokens.npz, pickled.sjx, ...
 
 
 def _edited_headers(bad):
@@ -396,3 +397,272 @@ def test_simulate_memory_stays_proportional_to_one_attention_matrix(tmp_path):
     gib, _, code = peak_rss_gib(n, t1=1.0)
     assert code == 0
     assert gib < 0.6 + 2.4 * (n / 4000) ** 2, gib
+
+
+def _probe_files(folder):
+    """Inputs that once reached numpy or equinox unchecked."""
+    import hashlib
+    import io
+
+    import equinox as eqx
+
+    import spherejax as sj
+
+    np.save(folder / "no_tokens.npy", np.zeros((0, 3)))
+    np.save(folder / "no_dims.npy", np.zeros((4, 0)))
+    np.savez(folder / "tokens.npz", x0=np.eye(3))
+    ts = np.linspace(0.0, 1.0, 9)
+    np.savez(folder / "no_tokens.npz", ts=ts, ys=np.zeros((9, 0, 3)))
+    x0 = np.eye(3)[:2]
+    np.savez(folder / "at_rest.npz", ts=ts, ys=np.broadcast_to(x0, (9, 2, 3)))
+    # a field file whose first parameter is a pickled object array, with a
+    # header that matches its payload (size and checksum)
+    field = sj.SelfAttention.identity(3, 1.0)
+    sj.save(folder / "field.sjx", field, sj.field_hyperparams(field))
+    text = (folder / "field.sjx").read_bytes().partition(b"\n")[0]
+    header = json.loads(text)
+    first = [True]
+
+    def pickled(f, leaf):
+        if eqx.is_array(leaf) and first[0]:
+            first[0] = False
+            objects = np.empty(leaf.shape, dtype=object)
+            np.save(f, objects, allow_pickle=True)
+        else:
+            eqx.default_serialise_filter_spec(f, leaf)
+
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, field, filter_spec=pickled)
+    payload = buffer.getvalue()
+    header["payload_bytes"] = len(payload)
+    header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    (folder / "pickled.sjx").write_bytes(json.dumps(header).encode() + b"\n" + payload)
+
+
+PROBES = [
+    ("simulate --x0 no_tokens.npy", "--x0 holds no tokens: got shape (0, 3)"),
+    ("simulate --x0 no_dims.npy", "--x0 holds no tokens: got shape (4, 0)"),
+    ("simulate --x0 tokens.npz", "--x0 tokens.npz is an .npz archive (arrays x0)"),
+    ("fit --data no_tokens.npz", "--data `ys` holds no tokens: got shape (9, 0, 3)"),
+    ("fit --data at_rest.npz", "--data: the tokens never move"),
+    ("simulate --beta 1e300", "--beta 1e+300 overflows float32 (largest 3.4e+38)"),
+    ("simulate --t1 1e39", "or --x64 for float64"),
+    ("sweep --beta 1,1e300", "--beta 1e+300 overflows float32"),
+    ("fit --data at_rest.npz --beta 1e300", "--beta 1e+300 overflows float32"),
+    ("simulate --field pickled.sjx", "--field pickled.sjx is not a valid model file"),
+]
+
+
+@pytest.mark.parametrize("command, message", PROBES, ids=[c for c, _ in PROBES])
+def test_probed_inputs_are_bad_input(command, message, tmp_path, monkeypatch, capsys):
+    # each once ended in a numpy or equinox message, or in "internal error"
+    _probe_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    code = main([*command.split(), "--out", "out"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_huge_beta_runs_in_float64(tmp_path, capsys):
+    # the value refused in float32 is representable in float64: the run goes on
+    code = main(
+        ["simulate", "--beta", "1e300", "--n", "2", "--t1", "0.1", "--saves", "2"]
+        + ["--x64", "--out", str(tmp_path / "out")]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "simulate.json").read_text())["beta"] == 1e300
+
+
+def test_sweep_config_setting_every_key_draws_the_phase_diagram(tmp_path):
+    # several betas with V = I and softmax: the plot overlays the equiangular
+    # curve (this once crashed after all cells were computed); run as a user
+    # runs it, in its own process
+    from spherejax.cli.config import SWEEP
+
+    values = {
+        "n": [3],
+        "d": [2],
+        "beta": [1.0, 2.0],
+        "t1": 1.0,
+        "normalization": "softmax",
+        "value": "identity",
+        "solver": "tsit5",
+        "rtol": 1e-6,
+        "dt0": 0.05,
+        "saves": 3,
+        "seed": 1,
+        "causal": False,
+        "x64": False,  # float32, as the crash was
+        "out": str(tmp_path / "phase"),
+        "seeds": 2,
+        "eps": 1e-3,
+    }
+    assert set(values) == set(SWEEP)  # every key
+
+    def toml(v):
+        return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
+
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        "[sweep]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in values.items())
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "spherejax", "sweep", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    png = (tmp_path / "phase" / "sweep.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((tmp_path / "phase" / "summary.json").read_text())
+    assert [c["beta"] for c in summary["grid"]] == [1.0, 2.0]
+
+
+def test_equiangular_boundary_matches_scipy():
+    # the crossing time of gamma_beta(t) = 1 - eps, against an independent
+    # DOP853 solve of the softmax equiangular ODE (GLPR Thm 6.8) with an event
+    import jaxtyping
+    from scipy.integrate import solve_ivp
+
+    from spherejax.cli.plots import equiangular_boundary
+
+    n, eps, t1 = 8, 1e-3, 10.0
+    betas = [0.5, 2.0, 4.0]
+    # `equiangular` annotates `beta` as a float, and the tests' runtime type
+    # checks refuse the traced scalar that vmap passes (which it supports)
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        got = equiangular_boundary(betas, n, eps, t1)
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
+    for beta, t in zip(betas, got):
+
+        def rhs(_, rho, beta=beta):
+            e = np.exp(beta * rho)
+            return (
+                2 * e * (1 - rho) * ((n - 1) * rho + 1) / (np.exp(beta) + (n - 1) * e)
+            )
+
+        def hit(_, rho):
+            return rho[0] - (1 - eps)
+
+        hit.terminal = True
+        ref = solve_ivp(
+            rhs, (0, t1), [0.0], "DOP853", events=hit, rtol=1e-10, atol=1e-12
+        )
+        (crossing,) = ref.t_events[0]
+        # the grid has 2001 times: the first grid time at or after the crossing
+        assert crossing <= t < crossing + t1 / 2000 + 1e-9, (beta, t, crossing)
+
+
+def test_import_spherejax_and_the_cli_do_not_import_matplotlib():
+    code = (
+        "import sys, spherejax, spherejax.cli, spherejax.cli.simulate, "
+        "spherejax.cli.sweep, spherejax.cli.fit; "
+        "print('matplotlib' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_command_line_uses_only_the_public_api():
+    # `spherejax.cli` imports `spherejax` (the public namespace), never a private
+    # module of the core; the one exception is the list of normalisation names
+    import ast
+    import pathlib
+
+    allowed = {("_attention", "NORMALIZATIONS")}
+    for path in sorted((pathlib.Path(ROOT) / "spherejax" / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                names = {(node.module, a.name) for a in node.names}
+                assert names <= allowed, (path.name, names)
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert not (node.module or "").startswith("spherejax."), path.name
+
+
+def test_moving_intervals_ends_where_the_tokens_come_to_rest():
+    # two tokens on a great circle at angular speed exp(-t): the kinetic energy
+    # 2 exp(-2t) falls below 1e-4 of its peak (at t = 0) at t = log(100) / 1 = 4.6
+    from spherejax.cli.fit import REST, moving_intervals
+
+    ts = np.linspace(0.0, 10.0, 101)
+    angle = 1 - np.exp(-ts)  # integral of the speed
+    token = np.stack([np.cos(angle), np.sin(angle), 0 * ts], axis=-1)
+    ys = np.stack([token, token * [1, -1, 1]], axis=1)  # (T, 2, 3)
+    m = moving_intervals(ts, ys[None])
+    # interval k has mean speed^2 close to exp(-2 t_k - dt): the last one above
+    # REST times the first one's
+    mid = ts[:-1] + 0.05
+    expected = np.nonzero(np.exp(-2 * mid) >= REST * np.exp(-2 * mid[0]))[0][-1] + 1
+    assert abs(m - expected) <= 1
+    assert 44 <= m <= 48  # log(1e4) / 2 = 4.6: about 46 intervals of 0.1
+
+
+def test_atomic_writes_leave_whole_files_or_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from spherejax.cli import files
+
+    target = tmp_path / "a.json"
+    files.write_atomic(target, b"first")
+    files.write_atomic(target, b"second")
+    assert target.read_bytes() == b"second"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would give
+
+    # a planted symlink at a predictable temporary name is never followed
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in (".b.json.tmp", "b.json.tmp", ".b.json"):
+        (tmp_path / name).symlink_to(victim)
+    files.write_atomic(tmp_path / "b.json", b"data")
+    assert victim.read_text() == "keep me"
+
+    # the target is a folder: the rename fails, the temporary file is removed
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(IsADirectoryError):
+        files.write_atomic(tmp_path / "taken", b"data")
+
+    # a full disk: the temporary file is removed
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        files.write_atomic(tmp_path / "c.json", b"data")
+    monkeypatch.undo()
+
+    # a writer that fails (e.g. a model refused by spherejax.save): removed too
+    def refuse(path):
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        files.write_temporary_with(tmp_path / "d.sjx", refuse)
+    left = sorted(p.name for p in tmp_path.iterdir() if files.is_temporary(p.name))
+    assert left == [".b.json.tmp"]  # the planted link, nothing written by us
+    assert not files.is_temporary("a.json") and files.is_temporary(".a.json.x1.tmp")
+
+
+def test_phase_diagram_cells_are_drawn_where_the_betas_lie():
+    # unevenly spaced betas: each cell spans the midpoints to its neighbours
+    from spherejax.cli.plots import _edges
+
+    np.testing.assert_allclose(_edges([0.5, 1, 2, 4]), [0.25, 0.75, 1.5, 3, 5])
+    np.testing.assert_allclose(_edges([0.0, 0.5, 1.0]), [-0.25, 0.25, 0.75, 1.25])

@@ -116,9 +116,7 @@ class Simulator:
         import jax
         import jax.numpy as jnp
 
-        from .._energy import interaction_energy
-        from .._ensemble import solve_ensemble
-        from .._field import SelfAttention
+        import spherejax as sj
 
         o = self.options
         solver = build_solver(o["solver"])
@@ -128,7 +126,7 @@ class Simulator:
         @eqx.filter_jit
         def run(beta, x0s, ts):
             eye = jnp.eye(d, dtype=x0s.dtype)
-            field = SelfAttention(
+            field = sj.SelfAttention(
                 eye,
                 eye,
                 sign * eye,
@@ -141,7 +139,7 @@ class Simulator:
             # seed passes the error test (so every seed is integrated at least as
             # accurately as its own solve would be), costs no per-seed bookkeeping
             # in the loop and no per-seed copy of the saved states each step.
-            ys = solve_ensemble(
+            ys = sj.solve_ensemble(
                 field,
                 x0s,
                 ts[-1],
@@ -157,7 +155,7 @@ class Simulator:
 
             def one(ys):
                 energy = jax.lax.map(
-                    lambda y: interaction_energy(y, beta), ys, batch_size=batch
+                    lambda y: sj.interaction_energy(y, beta), ys, batch_size=batch
                 )
                 cos12 = jnp.sum(ys[:, 0] * ys[:, 1], axis=-1)
                 return cos12, energy, ys[-1]
@@ -171,8 +169,7 @@ class Simulator:
         import jax.numpy as jnp
         import jax.random as jr
 
-        from .._diagnostics import cluster_count
-        from .._manifold import Sphere
+        import spherejax as sj
 
         o = self.options
         n, d, beta = cell["n"], cell["d"], cell["beta"]
@@ -184,7 +181,7 @@ class Simulator:
         keys = jax.vmap(lambda s: jr.fold_in(jr.PRNGKey(o["seed"]), s))(
             jnp.arange(o["seeds"])
         )
-        x0s = jax.vmap(lambda k: Sphere().random(k, (n, d), dtype))(keys)
+        x0s = jax.vmap(lambda k: sj.Sphere().random(k, (n, d), dtype))(keys)
         ts = jnp.linspace(0.0, o["t1"], o["saves"], dtype=dtype)
         cos12, energy, final = self.compiled[(n, d)](jnp.asarray(beta, dtype), x0s, ts)
         final = np.asarray(final)
@@ -199,7 +196,7 @@ class Simulator:
             "cos12": np.asarray(cos12),
             "energy": np.asarray(energy),
             "final": final,
-            "clusters": np.array([cluster_count(x, tol=o["eps"]) for x in final]),
+            "clusters": np.array([sj.cluster_count(x, tol=o["eps"]) for x in final]),
         }
 
 

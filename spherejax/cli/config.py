@@ -182,7 +182,7 @@ def flag_type(section: str, name: str):
 
 def build_solver(name: str):
     """`Retract` around the diffrax solver called `name` (see `SOLVERS`)."""
-    from .._solver import Retract
+    import spherejax as sj
 
     module, cls = SOLVER_CLASSES[name]
-    return Retract(solver=getattr(importlib.import_module(module), cls)())
+    return sj.Retract(solver=getattr(importlib.import_module(module), cls)())

@@ -2,11 +2,11 @@
 
 import time
 
-from .._io import _model_bytes
 from .errors import SolverFailure
 from .inputs import load_paths
 from .output import Outputs, json_bytes, png_bytes
 from .plots import plot_losses
+from .preflight import check_float32
 
 
 def fit_command(options: dict) -> dict:
@@ -19,6 +19,12 @@ def fit_command(options: dict) -> dict:
     `sqrt(S_track / S_kin)`, the tracking action of the fitted field over the
     kinetic action of the data (`1` for the zero field, `0` for an exact fit up to
     the discretisation of the observed path).
+
+    The held-out window is the last `holdout` fraction of the intervals in which
+    the tokens move (`moving_intervals`); the training intervals precede it. Saved
+    times after the last moving interval are at rest and are not used: there the
+    velocity is ~0 (a collapsed cluster), `S_kin` is rounding noise and the ratio
+    would measure that noise.
     """
     import jax
 
@@ -34,20 +40,31 @@ def fit_command(options: dict) -> dict:
     o = dict(options)
     if o["data"] is None:
         raise ValueError("fit needs --data FILE.npz (ts and ys; e.g. simulate.npz)")
+    check_float32(o, ("beta", "lr", "rtol"))
     ts_np, ys_np = load_paths(o["data"])
     dtype = jnp.float64 if o["x64"] else jnp.float32
     B, T, n, d = ys_np.shape
-    held = int(np.ceil(o["holdout"] * (T - 1)))
-    if T - 1 - held < 2:
+    if T - 1 - int(np.ceil(o["holdout"] * (T - 1))) < 2:
         raise ValueError(
             f"--holdout {o['holdout']} leaves fewer than 2 training intervals "
             f"of {T - 1}"
         )
-    split = T - held  # training times ts[:split], held-out times ts[split - 1:]
+    moving = moving_intervals(ts_np, ys_np)
+    held = int(np.ceil(o["holdout"] * moving))
+    if moving - held < 2:
+        raise ValueError(
+            f"--holdout {o['holdout']} leaves fewer than 2 training intervals of the "
+            f"{moving} in which the tokens move (the last {T - 1 - moving} of "
+            f"{T - 1} are at rest): save more times before the tokens collapse, "
+            "or lower --holdout"
+        )
+    # training times ts[:split], held-out times ts[split - 1 : end], at rest after
+    end = moving + 1
+    split = end - held
     ts = jnp.asarray(ts_np, dtype)
     ys = jnp.asarray(ys_np, dtype)
     train = (ts[:split], ys[:, :split])
-    test = (ts[split - 1 :], ys[:, split - 1 :])
+    test = (ts[split - 1 : end], ys[:, split - 1 : end])
 
     kq, kk, kv = jr.split(jr.PRNGKey(o["seed"]), 3)
     scale = 0.1 / np.sqrt(d)
@@ -78,9 +95,17 @@ def fit_command(options: dict) -> dict:
         for k, data in (("train", train), ("heldout", test))
     }
     print(
-        f"spherejax fit: {B} trajectories, T={T} times ({T - split} held out), "
-        f"n={n} d={d} loss={o['loss']} optimizer={o['optimizer']} "
-        f"steps={o['steps']} dtype={jnp.dtype(dtype).name}"
+        f"spherejax fit: {B} trajectories, T={T} times, n={n} d={d} "
+        f"loss={o['loss']} optimizer={o['optimizer']} steps={o['steps']} "
+        f"dtype={jnp.dtype(dtype).name}\n"
+        f"training t in [{ts_np[0]:g}, {ts_np[split - 1]:g}] ({split - 1} intervals), "
+        f"held out t in [{ts_np[split - 1]:g}, {ts_np[end - 1]:g}] ({held} intervals)"
+        + (
+            f", at rest t in [{ts_np[end - 1]:g}, {ts_np[-1]:g}] ({T - end} "
+            f"intervals: kinetic energy below {REST:g} of its peak, not used)"
+            if end < T
+            else ""
+        )
     )
     start = time.perf_counter()
     fitted, losses = sj.fit(
@@ -114,9 +139,7 @@ def fit_command(options: dict) -> dict:
     )
 
     out = Outputs(o["out"])
-    field_path = out.stage(
-        "field.sjx", _model_bytes(fitted, sj.field_hyperparams(fitted))
-    )
+    field_path = out.stage_model("field.sjx", fitted, sj.field_hyperparams(fitted))
     png = out.stage("fit.png", png_bytes(plot_losses(losses, o["loss"]), 110))
     summary = dict(
         command="fit",
@@ -124,7 +147,10 @@ def fit_command(options: dict) -> dict:
         loss=o["loss"],
         trajectories=B,
         times=T,
-        heldout_times=T - split,
+        heldout_times=held,
+        train_window=[float(ts_np[0]), float(ts_np[split - 1])],
+        heldout_window=[float(ts_np[split - 1]), float(ts_np[end - 1])],
+        rest_intervals=T - end,
         n=n,
         d=d,
         optimizer=o["optimizer"],
@@ -145,6 +171,28 @@ def fit_command(options: dict) -> dict:
     out.commit()
     print(f"wrote {png}")
     return summary
+
+
+REST = 1e-4
+
+
+def moving_intervals(ts, ys) -> int:
+    r"""The number `m` of leading intervals of the observed paths in which the tokens
+    move: the last interval whose kinetic energy
+    $\sum_{b, i} |y_{b, k+1, i} - y_{b, k, i}|^2 / (t_{k+1} - t_k)^2$ is at least
+    `REST` times its largest value is interval `m - 1`; later ones are at rest.
+    Paths that never move are a `ValueError`."""
+    import numpy as np
+
+    steps = np.diff(np.asarray(ys, dtype=np.float64), axis=1)
+    energy = np.sum(steps**2, axis=(0, 2, 3)) / np.diff(np.asarray(ts, np.float64)) ** 2
+    peak = float(np.max(energy))
+    if not peak > 0:
+        raise ValueError(
+            "--data: the tokens never move (every saved configuration is the same): "
+            "there is no velocity to fit"
+        )
+    return int(np.nonzero(energy >= REST * peak)[0][-1]) + 1
 
 
 def _trainable_qkv(model):

@@ -6,8 +6,8 @@ import fcntl
 import json
 import os
 
-from .._io import _is_temporary
 from .cells import FORMAT
+from .files import is_temporary
 
 
 LOCK = ".sweep.lock"
@@ -18,10 +18,10 @@ def _leftovers(folder: str) -> list[str]:
     names = []
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
-        if name == LOCK or _is_temporary(name):
+        if name == LOCK or is_temporary(name):
             continue
         if name == "cells" and os.path.isdir(path) and not os.path.islink(path):
-            if all(_is_temporary(f) for f in os.listdir(path)):
+            if all(is_temporary(f) for f in os.listdir(path)):
                 continue
         names.append(name)
     return names

@@ -37,10 +37,22 @@ def load_x0(path):
         raise ValueError(f"--x0 file not found: {path}") from None
     except Exception as e:
         raise ValueError(f"--x0 {path} is not a readable .npy array ({e})") from None
-    if not isinstance(x0, np.ndarray) or x0.ndim != 2:
+    if not isinstance(x0, np.ndarray):  # an .npz archive (np.load's NpzFile)
+        names = sorted(getattr(x0, "files", []))
+        if hasattr(x0, "close"):
+            x0.close()
         raise ValueError(
-            "--x0 must hold an (n, d) array of tokens; got shape "
-            f"{getattr(x0, 'shape', '?')}"
+            f"--x0 {path} is an .npz archive (arrays {', '.join(names) or 'none'}), "
+            "not an .npy array: save the (n, d) tokens with numpy.save"
+        )
+    if x0.ndim != 2:
+        raise ValueError(
+            f"--x0 must hold an (n, d) array of tokens; got shape {x0.shape}"
+        )
+    if x0.size == 0:
+        raise ValueError(
+            f"--x0 holds no tokens: got shape {x0.shape}; it needs n >= 1 tokens "
+            "of dimension d >= 1"
         )
     if not np.issubdtype(x0.dtype, np.number) or np.issubdtype(
         x0.dtype, np.complexfloating
@@ -72,6 +84,11 @@ def load_paths(path):
         raise ValueError(
             f"--data needs ts of shape (T,) and ys of shape (T, n, d) or (B, T, n, d); "
             f"got ts {ts.shape} and ys {ys.shape}"
+        )
+    if ys.size == 0:
+        raise ValueError(
+            f"--data `ys` holds no tokens: got shape {arrays['ys'].shape}; it needs "
+            "at least one trajectory of n >= 1 tokens of dimension d >= 1"
         )
     for name, a in (("ts", ts), ("ys", ys)):
         if not np.issubdtype(a.dtype, np.floating):

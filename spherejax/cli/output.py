@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from .._io import _remove_quietly, _write_atomic, _write_temporary
+from . import files
 from .errors import FileSystemFailure
 
 
@@ -70,12 +70,29 @@ class Outputs:
 
     def stage(self, name: str, data: bytes) -> str:
         """Write `data` to a temporary file for `name`; returns the final path."""
+        return self.stage_with(name, lambda final: files.write_temporary(final, data))
+
+    def stage_model(self, name: str, model, hyperparams: dict) -> str:
+        """Stage `spherejax.save(name, model, hyperparams)`; returns the final
+        path."""
+        import spherejax as sj
+
+        def write(final):
+            return files.write_temporary_with(
+                final, lambda tmp: sj.save(tmp, model, hyperparams)
+            )
+
+        return self.stage_with(name, write)
+
+    def stage_with(self, name: str, write) -> str:
+        """Stage the temporary file `write(final path)` creates; returns the final
+        path."""
         with _lock:
             _check_not_cancelled()
             if not self.created and not os.path.isdir(self.folder):
                 self.created = make_folder(self.folder)
             final = self.path(name)
-            self.staged.append((_write_temporary(final, data), final))
+            self.staged.append((write(final), final))
         return final
 
     def commit(self) -> None:
@@ -95,7 +112,7 @@ class Outputs:
         """Remove the staged files and the folders this command created (if
         empty)."""
         for tmp, _ in self.staged:
-            _remove_quietly(tmp)
+            files.remove_quietly(tmp)
         self.staged = []
         for path in reversed(self.created):
             try:
@@ -111,7 +128,7 @@ def write_atomic(path: str, data: bytes) -> None:
     """`path` written whole or not at all (refused after `cancel`)."""
     with _lock:
         _check_not_cancelled()
-        _write_atomic(path, data)
+        files.write_atomic(path, data)
 
 
 def cancel() -> None:

@@ -10,6 +10,16 @@ def _spread(count: int, most: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, most).round().astype(int))
 
 
+def _edges(centres) -> np.ndarray:
+    """Cell edges around increasing `centres`: midpoints, and half a gap beyond
+    each end (so unevenly spaced betas are drawn where they lie)."""
+    c = np.asarray(centres, dtype=float)
+    if len(c) == 1:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
+
+
 def plot_simulation(ts, ys, energy, d, beta, max_curves: int = 200):
     """Trajectories (at most `max_curves` tokens or pairs) and energy vs time."""
     import matplotlib
@@ -73,20 +83,23 @@ def plot_losses(losses, name):
 
 
 def equiangular_boundary(betas, n: int, eps: float, t1: float, normalization="softmax"):
-    """For each `beta`, the first time `t <= t1` (on a grid of 2001 times) at which
-    GLPR's equiangular reference `gamma_beta(t)` (`spherejax.equiangular`, started
-    from `rho0 = 0`) reaches `1 - eps` (`nan` if it does not by `t1`). One
-    vmapped, jitted solve for all betas."""
+    r"""For each `beta`, the first time `t <= t1` (on a grid of 2001 times) at which
+    GLPR's equiangular reference $\gamma_\beta(t)$ (`spherejax.equiangular`, started
+    from $\rho_0 = 0$) reaches `1 - eps` (`nan` if it does not by `t1`).
+
+    One solve for all betas: `spherejax.equiangular` vmapped over `beta` (it checks
+    its times on the host, so it is vmapped, not jitted: the solve inside is
+    compiled once for the whole batch)."""
     import jax
 
-    from .._diagnostics import equiangular
+    import spherejax as sj
 
     ts = np.linspace(0.0, t1, 2001)
 
     def one(beta):
-        return equiangular(ts, beta, n, 0.0, normalization, rtol=1e-6, atol=1e-9)
+        return sj.equiangular(ts, beta, n, 0.0, normalization, rtol=1e-6, atol=1e-9)
 
-    rho = np.asarray(jax.jit(jax.vmap(one))(np.asarray(betas, dtype=float)))
+    rho = np.asarray(jax.vmap(one)(np.asarray(betas, dtype=float)))
     above = rho >= 1 - eps
     return np.where(above.any(axis=1), ts[np.argmax(above, axis=1)], np.nan)
 
@@ -105,23 +118,9 @@ def plot_sweep(options, cells, final):
     ]
     fig, ax = plt.subplots(figsize=(6, 4))
     if len(first) > 1:
-        p = final["p_close"][first]
-        dt = ts[1] - ts[0] if len(ts) > 1 else 1.0
-        db = betas[1] - betas[0] if len(betas) > 1 else 1.0
-        im = ax.imshow(
-            p,
-            origin="lower",
-            aspect="auto",
-            extent=(
-                ts[0] - dt / 2,
-                ts[-1] + dt / 2,
-                betas[0] - db / 2,
-                betas[-1] + db / 2,
-            ),
-            vmin=0,
-            vmax=1,
-            cmap="viridis",
-        )
+        order = np.argsort(betas)  # rows of the grid in increasing beta
+        p, betas = final["p_close"][first][order], betas[order]
+        im = ax.pcolormesh(_edges(ts), _edges(betas), p, vmin=0, vmax=1, cmap="viridis")
         fig.colorbar(im, ax=ax, label=f"P(<x1, x2> >= 1 - {options['eps']:g})")
         if (
             options["value"] == "identity"

@@ -44,6 +44,25 @@ def check_solve(o: dict, eps: float, n: int, default_field: bool = True) -> None
         )
 
 
+FLOAT32_MAX = float(2.0**128 * (1 - 2.0**-24))
+
+
+def check_float32(o: dict, names) -> None:
+    """Refuse (`ValueError`, exit 2) an option that a float32 run (no `--x64`)
+    would turn into `inf`: each of `names` (a number, a list of numbers, or None)
+    must have magnitude at most the largest float32, 3.4e38."""
+    if o["x64"]:
+        return
+    for name in names:
+        values = o[name] if isinstance(o[name], list) else [o[name]]
+        for value in values:
+            if value is not None and abs(value) > FLOAT32_MAX:
+                raise ValueError(
+                    f"--{name} {value:g} overflows float32 (largest {FLOAT32_MAX:.3g}):"
+                    f" use a smaller --{name}, or --x64 for float64"
+                )
+
+
 def estimate_bytes(n: int, d: int, saves: int, itemsize: int, batch: int = 1) -> int:
     """Peak memory of a solve of `batch` systems of `n` tokens in `R^d` saved at
     `saves` times: a few `n x n` attention matrices per system (logits,

@@ -3,13 +3,13 @@
 import time
 from collections.abc import Set as AbstractSet
 
-from .._io import _model_bytes
 from .errors import SolverFailure
 from .inputs import load_x0
 from .output import Outputs, json_bytes, npz_bytes, png_bytes
 from .plots import plot_simulation
 from .preflight import (
     MAX_STEPS,
+    check_float32,
     check_memory,
     check_solve,
     energy_batch,
@@ -30,10 +30,7 @@ def _setup(o: dict, explicit, dtype):
         clash = sorted(explicit & {"beta", "normalization", "value", "causal"})
         if clash:
             raise ValueError(f"--field sets the field: do not also give --{clash[0]}")
-        try:
-            field = sj.load(o["field"], like=sj.field_from_hyperparams)
-        except ValueError as e:
-            raise ValueError(f"--field {o['field']}: {e}") from None
+        field = _load_field(o["field"])
         o["beta"] = float(field.beta)
         o["normalization"], o["causal"] = field.normalization, field.causal
         o["value"] = "saved"
@@ -64,6 +61,27 @@ def _setup(o: dict, explicit, dtype):
             eye, eye, V, o["beta"], normalization=o["normalization"], causal=o["causal"]
         )
     return field, x0
+
+
+def _load_field(path: str):
+    """The `SelfAttention` field saved in `path`; every way the file can be wrong
+    is a `ValueError` (bad input)."""
+    import spherejax as sj
+
+    try:
+        return sj.load(path, like=sj.field_from_hyperparams)
+    except ValueError as e:
+        raise ValueError(f"--field {path}: {e}") from None
+    except (OSError, MemoryError):
+        raise
+    except Exception as e:  # a parameter that numpy cannot read (e.g. pickled)
+        while e.__cause__ is not None:  # equinox names the leaf; numpy the reason
+            e = e.__cause__
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"--field {path} is not a valid model file: a parameter cannot be read "
+            f"({reason})"
+        ) from None
 
 
 def _energies(ys, beta, itemsize):
@@ -97,6 +115,7 @@ def simulate(options: dict, explicit: AbstractSet[str] = frozenset()) -> dict:
     from .config import build_solver
 
     o = dict(options)
+    check_float32(o, ("beta", "t1", "dt0", "rtol"))
     dtype = jnp.float64 if o["x64"] else jnp.float32
     info = jnp.finfo(dtype)
     field, x0 = _setup(o, explicit, dtype)
@@ -166,7 +185,7 @@ def simulate(options: dict, explicit: AbstractSet[str] = frozenset()) -> dict:
     png = out.stage("simulate.png", png_bytes(figure, 110))
     out.stage("simulate.npz", npz_bytes(ts=ts_np, ys=ys_np, energy=energy))
     field_path = out.path("field.sjx")
-    out.stage("field.sjx", _model_bytes(field, sj.field_hyperparams(field)))
+    out.stage_model("field.sjx", field, sj.field_hyperparams(field))
     summary = dict(
         command="simulate",
         n=n,

@@ -34,7 +34,6 @@ import time
 
 import numpy as np
 
-from .._io import _is_temporary
 from .cells import (
     FORMAT,
     FORMAT_VERSION,
@@ -46,10 +45,11 @@ from .cells import (
     read_cell,
     sweep_hash,
 )
+from .files import is_temporary
 from .folder import check_folder, locked
 from .output import json_bytes, png_bytes, write_atomic
 from .plots import plot_sweep
-from .preflight import check_memory, check_solve, estimate_bytes
+from .preflight import check_float32, check_memory, check_solve, estimate_bytes
 
 
 AXES = ("n", "d", "beta")
@@ -60,6 +60,7 @@ def _check_options(options: dict, cells: list) -> None:
 
     if any(c["n"] < 2 for c in cells):
         raise ValueError("--n must be >= 2 for a sweep (it records <x_1, x_2>)")
+    check_float32(options, ("beta", "t1", "dt0", "rtol"))
     info = jnp.finfo(jnp.float64 if options["x64"] else jnp.float32)
     n = max(options["n"])
     check_solve({**options, "beta": max(options["beta"])}, float(info.eps), n)
@@ -92,8 +93,8 @@ def run_sweep(options: dict, *, log=None) -> dict:
         "options": options,
         "cells": cells,
     }
-    check_folder(out, manifest)  # before writing anything
     _check_options(options, cells)
+    check_folder(out, manifest)  # before writing anything
     os.makedirs(out, exist_ok=True)
     with locked(out):
         check_folder(out, manifest)  # again, now that no other sweep can write
@@ -108,7 +109,7 @@ def _run_locked(options: dict, cells: list, manifest: dict, log) -> dict:
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     for folder in (out, os.path.join(out, "cells")):  # leftovers of a killed run
         for name in os.listdir(folder):
-            if _is_temporary(name):
+            if is_temporary(name):
                 os.remove(os.path.join(folder, name))
 
     simulate = Simulator(options)
