@@ -311,7 +311,15 @@ def load(path: str | os.PathLike, like: Any | Callable[[dict], Any]):
             return jnp.asarray(np.load(f)).astype(x.dtype)
         return eqx.default_deserialise_filter_spec(f, x)
 
-    return eqx.tree_deserialise_leaves(io.BytesIO(payload), like, filter_spec=read_leaf)
+    try:
+        return eqx.tree_deserialise_leaves(
+            io.BytesIO(payload), like, filter_spec=read_leaf
+        )
+    except (ValueError, RuntimeError) as e:  # equinox wraps numpy's ValueError
+        cause = e.__cause__ if e.__cause__ is not None else e
+        raise ValueError(
+            f"{path!r} is not a valid model file: a parameter cannot be read ({cause})."
+        ) from e
 
 
 def _check_like(path: str, header: dict, like) -> None:

@@ -21,6 +21,7 @@ from ._attention import (
     Unnormalized as Unnormalized,
     attention_matrix as attention_matrix,
     normalization_from_name as normalization_from_name,
+    normalization_name as normalization_name,
     uses_dot_product_attention as uses_dot_product_attention,
 )
 from ._field import AbstractAttention as AbstractAttention

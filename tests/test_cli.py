@@ -116,7 +116,7 @@ def _edited_headers(bad):
     leaves = [dict(leaf) for leaf in header["leaves"]]
     leaves[0] = {"shape": [6000, 6000], "dtype": "float64"}
     write("huge_leaves.sjx", leaves=leaves)
-    hot = sj.SelfAttention.identity(3, 200.0, normalization="unnormalized")
+    hot = sj.SelfAttention.identity(3, 200.0, normalization=sj.Unnormalized())
     sj.save(bad / "hot.sjx", hot, sj.field_hyperparams(hot))
     (bad / "taken" / "simulate.json").mkdir(parents=True)
 

@@ -211,3 +211,32 @@ def test_field_hyperparams_refuses_biases_and_key_masks(getkey):
     with pytest.raises(ValueError, match="key_mask"):
         sj.field_hyperparams(masked)
     assert sj.field_hyperparams(sj.SelfAttention(Q, Q, jnp.eye(3), 1.0))["k"] == 2
+
+
+def test_load_refuses_a_pickled_parameter(tmp_path):
+    # a file whose first parameter is a pickled object array (header and checksum
+    # consistent): `load` names it an invalid model file, never unpickles it
+    import hashlib
+    import io
+
+    field = sj.SelfAttention.identity(3, 1.0)
+    sj.save(tmp_path / "field.sjx", field, sj.field_hyperparams(field))
+    header = json.loads((tmp_path / "field.sjx").read_bytes().partition(b"\n")[0])
+    first = [True]
+
+    def pickled(f, leaf):
+        if eqx.is_array(leaf) and first[0]:
+            first[0] = False
+            np.save(f, np.empty(leaf.shape, dtype=object), allow_pickle=True)
+        else:
+            eqx.default_serialise_filter_spec(f, leaf)
+
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, field, filter_spec=pickled)
+    payload = buffer.getvalue()
+    header["payload_bytes"] = len(payload)
+    header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    bad = tmp_path / "pickled.sjx"
+    bad.write_bytes(json.dumps(header).encode() + b"\n" + payload)
+    with pytest.raises(ValueError, match="not a valid model file: a parameter"):
+        sj.load(bad, field)

@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 
-from .config import build_solver
+from .config import attention_parts, build_solver
 from .errors import SolverFailure
 from .preflight import MAX_STEPS, energy_batch
 
@@ -131,8 +131,7 @@ class Simulator:
                 eye,
                 sign * eye,
                 beta,
-                normalization=o["normalization"],
-                causal=o["causal"],
+                **attention_parts(o),
             )
             # The seeds of a cell are draws of one model, which need similar step
             # sizes: one shared step size for the whole cell, accepted when the worst

@@ -9,7 +9,8 @@ import importlib
 import os
 import tomllib
 
-from .._attention import NORMALIZATIONS
+from spherejax.attention import NORMALIZATIONS
+
 from .values import (
     boolean,
     choice,
@@ -186,3 +187,14 @@ def build_solver(name: str):
 
     module, cls = SOLVER_CLASSES[name]
     return sj.Retract(solver=getattr(importlib.import_module(module), cls)())
+
+
+def attention_parts(o: dict) -> dict:
+    """The attention parts of the options `normalization` (a name) and `causal`,
+    as keyword arguments of `SelfAttention`."""
+    import spherejax as sj
+
+    return dict(
+        normalization=sj.attention.normalization_from_name(o["normalization"]),
+        mask=sj.Causal() if o["causal"] else None,
+    )

@@ -74,7 +74,7 @@ def fit_command(options: dict) -> dict:
         eye + scale * jr.normal(kk, (d, d), dtype),
         scale * jr.normal(kv, (d, d), dtype),
         jnp.asarray(o["beta"], dtype),
-        normalization=o["normalization"],
+        normalization=sj.attention.normalization_from_name(o["normalization"]),
     )
     trainable = _trainable_qkv(model)
     if o["loss"] == "tracking":

@@ -3,6 +3,7 @@
 import time
 from collections.abc import Set as AbstractSet
 
+from .config import attention_parts
 from .errors import SolverFailure
 from .inputs import load_x0
 from .output import Outputs, json_bytes, npz_bytes, png_bytes
@@ -32,7 +33,8 @@ def _setup(o: dict, explicit, dtype):
             raise ValueError(f"--field sets the field: do not also give --{clash[0]}")
         field = _load_field(o["field"])
         o["beta"] = float(field.beta)
-        o["normalization"], o["causal"] = field.normalization, field.causal
+        o["normalization"] = sj.attention.normalization_name(field.normalization)
+        o["causal"] = field.causal
         o["value"] = "saved"
         if "d" in explicit and o["d"] != field.dim:
             raise ValueError(f"--d {o['d']} does not match the field's d = {field.dim}")
@@ -57,9 +59,7 @@ def _setup(o: dict, explicit, dtype):
     if field is None:
         eye = jnp.eye(o["d"])
         V = eye if o["value"] == "identity" else -eye
-        field = sj.SelfAttention(
-            eye, eye, V, o["beta"], normalization=o["normalization"], causal=o["causal"]
-        )
+        field = sj.SelfAttention(eye, eye, V, o["beta"], **attention_parts(o))
     return field, x0
 
 
