@@ -122,8 +122,10 @@ class EquinoxInit(griffe.Extension):
             mro = list(reversed(cls.mro()))
         except Exception:
             mro = []
-        if any("__init__" in parent.members for parent in mro):
-            return  # inherits a written constructor
+        for parent in mro:
+            init = parent.members.get("__init__")
+            if init is not None and getattr(init, "lineno", 0) != 0:
+                return  # inherits a written constructor (ours have lineno 0)
         params: dict[str, griffe.Parameter] = {}
         for parent in [*mro, cls]:
             for p in _fields(parent):
