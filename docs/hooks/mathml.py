@@ -25,10 +25,19 @@ _BLOCK = re.compile(r'<div class="arithmatex">\\\[(.*?)\\\]</div>', re.S)
 _RAW_DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
 _CODE = re.compile(r"(<pre.*?</pre>|<code.*?</code>)", re.S)
 
-# TeX the converter lacks, rewritten to what it has
+# TeX that the converter renders poorly, rewritten: `\mathtt` (per-letter italics)
+# to `\texttt`; a thin space after a function name followed by a symbol
+# (`\cos\theta`), which TeX puts there and MathML does not
+_FUNCTIONS = "cos|sin|tan|cot|log|ln|exp|arccos|arcsin|arctan|det|dim|ker|sup|inf"
 _REWRITES = [
-    (re.compile(r"\\operatorname\{([^{}]*)\}"), r"\\mathrm{\1}"),
-    (re.compile(r"\\operatorname\*\{([^{}]*)\}"), r"\\mathrm{\1}"),
+    (re.compile(r"\\mathtt\{"), r"\\texttt{"),
+    (
+        re.compile(
+            rf"\\({_FUNCTIONS})(?![A-Za-z])\s*"
+            r"(?=[A-Za-z0-9]|\\(?!left|right|big|Big|bigg|Bigg|[,;:! ]))"
+        ),
+        r"\\\1\\,",
+    ),
 ]
 
 
