@@ -135,7 +135,11 @@ KineticPotential.__init__.__doc__ = """**Arguments:**
 def geodesic_acceleration(manifold: AbstractManifold, x: Array, v: Array) -> Array:
     r"""$\frac{d^2}{ds^2}\exp_x(s v)\big|_{s=0}$: the (normal) acceleration of the
     geodesic through `x` with velocity `v`, e.g. $-|v|^2 x / r^2$ on a sphere of
-    radius `r`. Computed with two forward-mode derivatives of `manifold.exp`."""
+    radius `r`. Computed with two forward-mode derivatives of `manifold.exp`.
+
+    **Arguments:** `manifold`; `x` points of shape `(..., d)` on it; `v` tangent
+    vectors at `x`, same shape. **Returns:** the accelerations, shape `(..., d)`.
+    """
 
     def curve(s):
         return manifold.exp(x, s * v)
@@ -212,8 +216,9 @@ def action(
 
     Each interval is the constant-speed geodesic between consecutive points
     (velocity $\log_{x_k}(x_{k+1})/h_k$) and is integrated with the midpoint rule
-    (module docstring). Exact for `Kinetic` on geodesic polygons; second order in
-    the time step for smooth paths and smooth Lagrangians.
+    (module docstring, also on the API page "Action and fitting"). Exact for
+    `Kinetic` on geodesic polygons; second order in the time step for smooth paths
+    and smooth Lagrangians.
 
     **Arguments:**
 

@@ -73,7 +73,8 @@ from ._solver.retract import Retract, with_scan_kind
 
 class ReplayAdjoint(diffrax.AbstractAdjoint):
     """Reverse-mode adjoint that replays the accepted steps from their stored
-    stages instead of re-running them (see the module docs).
+    stages instead of re-running them (see the module docstring, also on the API
+    page "Integrate and adjoints").
 
     A `diffrax.AbstractAdjoint`: pass it as
     `spherejax.solve(..., adjoint=spherejax.ReplayAdjoint(max_steps=...))` or as

@@ -19,15 +19,7 @@ def pairwise_cosines(x: Float[ArrayLike, "n d"]) -> Float[Array, "n n"]:
     return u @ jnp.swapaxes(u, -1, -2)
 
 
-def clusters(x: Float[ArrayLike, "n d"], tol: float = 1e-3) -> np.ndarray:
-    """Cluster labels `0..c-1` (in order of first appearance).
-
-    Tokens `i, j` are linked when `1 - cos(x_i, x_j) <= tol`; clusters are the
-    connected components of that graph. Non-finite or zero tokens raise
-    `ValueError` (their cluster is undefined).
-    """
-    if not tol >= 0:
-        raise ValueError(f"`tol` must be non-negative; got {tol}.")
+def _checked_tokens(x) -> np.ndarray:
     x_np = np.asarray(x)
     if x_np.ndim != 2:
         raise ValueError(f"`x` must have shape `(n, d)`; got {x_np.shape}.")
@@ -40,27 +32,154 @@ def clusters(x: Float[ArrayLike, "n d"], tol: float = 1e-3) -> np.ndarray:
             f"`x` has zero tokens (rows {zero.tolist()[:10]}): their direction, "
             "hence their cluster, is undefined."
         )
-    close = np.asarray(1 - pairwise_cosines(x)) <= tol
-    n = close.shape[0]
-    labels = -np.ones(n, dtype=int)
-    current = 0
-    for i in range(n):
-        if labels[i] >= 0:
-            continue
-        stack = [i]
-        labels[i] = current
-        while stack:
-            j = stack.pop()
-            for k in np.nonzero(close[j] & (labels < 0))[0]:
-                labels[k] = current
-                stack.append(int(k))
-        current += 1
-    return labels
+    return x_np.astype(np.float64)
 
 
-def cluster_count(x: Float[ArrayLike, "n d"], tol: float = 1e-3) -> int:
-    """Number of clusters of `clusters(x, tol)`."""
-    return int(clusters(x, tol).max()) + 1
+def clusters(
+    x: Float[ArrayLike, "n d"], tol: float = 1e-2, *, separation: float = 1.0
+) -> np.ndarray:
+    r"""Cluster labels `0..c-1` of `n` tokens (in order of first appearance).
+
+    Tokens are compared by direction only: $\theta_{ij} = \arccos \frac{\langle
+    x_i, x_j\rangle}{|x_i|\,|x_j|}$. A group $G$ of tokens has the diameter
+    $\operatorname{diam} G = \max_{i, j \in G} \theta_{ij}$, and two groups the gap
+    $\operatorname{gap}(A, B) = \min_{i \in A,\, j \in B} \theta_{ij}$.
+
+    **Criterion.** Merge groups in order of increasing gap (single linkage, i.e.
+    along the minimum spanning tree of the angles). When the gap between two groups
+    $A$ and $B$ is reached, they stay apart if it is both
+
+    - *wide*: $1 - \cos\operatorname{gap}(A, B) > \mathtt{tol}$, and
+    - *empty*: $\operatorname{gap}(A, B) > \mathtt{separation} \cdot
+      \max\big(w(A), w(B)\big)$, where $w(G)$ is the largest diameter among the
+      clusters $G$ holds so far (0 for one token);
+
+    otherwise all of $A \cup B$ becomes one cluster. So tokens closer than `tol`
+    are always together, and clusters are groups separated by gaps that are wider
+    than `tol` *and* wider than the clusters themselves: a spread-out group
+    without such a gap is one cluster, however wide it is.
+
+    What this counts (default `tol=1e-2`, a gap of $8.1°$; `separation=1`):
+
+    - $k$ groups, each narrower than the gaps between them (the metastable and
+      final states of the attention dynamics): $k$.
+    - A contracting group: 1 once its nearest-neighbour gaps are below `tol`,
+      e.g. 256 tokens in $\mathbb{R}^{64}$ whose cosines are all $\geq 0.994$
+      (gaps $\leq 6.3°$), although no two of them are within $2.6°$.
+    - A uniform sample that is dense at the scale of `tol` (e.g. 128 i.i.d.
+      angles on the circle, mean spacing $2.8°$): 1, because the gaps wider than
+      `tol` are narrower than the arcs they would separate. It has no cluster
+      structure, and a dense random initial condition counts 1, then more when
+      separated clusters form, then fewer as they merge.
+    - Tokens sparser than `tol` (e.g. 32 random tokens on $S^2$ at `tol=1e-3`,
+      nearest neighbours $\sim 20°$ apart): about $n$, each token on its own.
+    - `separation=0`: single linkage alone, the connected components of the graph
+      linking $i, j$ when $1 - \cos\theta_{ij} \leq \mathtt{tol}$ (on the
+      circle: a new cluster at every angular gap wider than $\arccos(1 -
+      \mathtt{tol})$). It chains and splits at random gaps: 128 uniform angles
+      read about 50 clusters at `tol=1e-3`.
+
+    The count is never larger than with `separation=0` at the same `tol`. Cost:
+    $O(n^2 d)$ time, $O(n^2)$ memory (the matrix of cosines).
+
+    **Arguments:**
+
+    - `x`: tokens, shape `(n, d)`, nonzero norms (only directions are used).
+    - `tol`: the narrowest gap that separates clusters, as $1 - \cos$ of its angle
+      (`1e-2`: $8.1°$; `1e-3`: $2.6°$; `1e-6`: $0.08°$). Non-negative.
+    - `separation`: how many times wider than the clusters on either side a gap
+      must be. Finite and non-negative; `0.0` gives single linkage.
+
+    **Returns:** integer labels of shape `(n,)`.
+
+    Non-finite or zero tokens raise `ValueError` (their cluster is undefined).
+    """
+    if not tol >= 0:
+        raise ValueError(f"`tol` must be non-negative; got {tol}.")
+    if not (separation >= 0 and np.isfinite(separation)):
+        raise ValueError(
+            f"`separation` must be finite and non-negative; got {separation}."
+        )
+    x_np = _checked_tokens(x)
+    n = x_np.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    u = x_np / np.linalg.norm(x_np, axis=-1, keepdims=True)
+    cos = np.clip(u @ u.T, -1.0, 1.0)
+    one_minus = 1.0 - cos  # the tol test on the cosines, as before
+    angle = np.arccos(cos)
+
+    # Prim's algorithm: minimum spanning tree of the angles (n - 1 edges).
+    parent = np.zeros(n, dtype=int)
+    best = angle[0].copy()
+    in_tree = np.zeros(n, dtype=bool)
+    in_tree[0] = True
+    best[0] = np.inf
+    edges = []
+    for _ in range(n - 1):
+        j = int(np.argmin(np.where(in_tree, np.inf, best)))
+        edges.append((int(parent[j]), j))
+        in_tree[j] = True
+        closer = ~in_tree & (angle[j] < best)
+        best[closer] = angle[j][closer]
+        parent[closer] = j
+
+    # Single-linkage dendrogram (Kruskal on the tree's edges, shortest first), with
+    # each node's members and angular diameter. Node ids: tokens 0..n-1, then merges.
+    order = sorted(edges, key=lambda e: angle[e[0], e[1]])
+    root_of = list(range(n))  # union-find over tokens, pointing to a node id
+
+    def find(i: int) -> int:
+        while root_of[i] != i:
+            root_of[i] = root_of[root_of[i]]
+            i = root_of[i]
+        return i
+
+    members: list[np.ndarray] = [np.array([i]) for i in range(n)]
+    diam: list[float] = [0.0] * n
+    children: list[tuple[int, int, int, int]] = []  # (left node, right node, i, j)
+    rep_node = list(range(n))  # union-find root token -> its current node id
+    for i, j in order:
+        ri, rj = find(i), find(j)
+        a, b = rep_node[ri], rep_node[rj]
+        cross = float(angle[np.ix_(members[a], members[b])].max())
+        members.append(np.concatenate([members[a], members[b]]))
+        diam.append(max(diam[a], diam[b], cross))
+        children.append((a, b, i, j))
+        root_of[rj] = ri
+        rep_node[ri] = len(members) - 1
+
+    # Bottom-up along the dendrogram: each node keeps its parts apart when the gap
+    # between them is wide and empty, and is one cluster otherwise.
+    keep: list[list[int]] = [[i] for i in range(n)]  # each node's clusters (node ids)
+    width: list[float] = [0.0] * n  # largest diameter among them
+    for a, b, i, j in children:
+        if one_minus[i, j] > tol and angle[i, j] > separation * max(width[a], width[b]):
+            keep.append(keep[a] + keep[b])
+            width.append(max(width[a], width[b]))
+        else:
+            keep.append([len(keep)])
+            width.append(diam[len(width)])
+    labels = np.empty(n, dtype=int)
+    for k, node in enumerate(keep[-1]):
+        labels[members[node]] = k
+    # in order of first appearance
+    _, first = np.unique(labels, return_index=True)
+    return np.argsort(np.argsort(first))[labels]
+
+
+def cluster_count(
+    x: Float[ArrayLike, "n d"], tol: float = 1e-2, *, separation: float = 1.0
+) -> int:
+    r"""Number of clusters that [`clusters`][spherejax.clusters] finds.
+
+    **Arguments:** as for [`clusters`][spherejax.clusters]: tokens `x` of shape
+    `(n, d)`, the smallest separating gap `tol` (as $1 - \cos$) and `separation`.
+
+    **Returns:** the number of clusters, a Python `int` (`0` for no tokens).
+    """
+    labels = clusters(x, tol, separation=separation)
+    return int(labels.max()) + 1 if labels.size else 0
 
 
 def equiangular(

@@ -232,8 +232,10 @@ class GramAlgebra(AbstractLieAlgebra):
     restricted to elements $V S V^\top$ stored as the `m x m` matrices `S`.
 
     `V` has shape `(n, d, m)`: column 0 is the centred start point, column `j >= 1`
-    the velocity of stage `j` (zero until that stage is known). Points are
-    coefficient vectors `c` (`y = centre + V c`). See the module docs.
+    the velocity of stage `j` (zero until that stage is known); `gram` of shape
+    `(n, m, m)` holds the Gram matrices $V^\top V$ per token. Points are
+    coefficient vectors `c` (`y = centre + V c`). See the module docstring (also on
+    the API page "Manifolds").
     """
 
     centre: float = eqx.field(static=True)

@@ -266,7 +266,18 @@ class LayerNormSphere(AbstractManifold):
 
     def check_dimension(self, d: int) -> None:
         if d < 2:
-            raise ValueError(f"`LayerNormSphere` needs dimension d >= 2; got {d}.")
+            raise ValueError(
+                f"`LayerNormSphere` needs dimension d >= 2; got {d} (for d = 1 the "
+                "set {mean x = mean, |x - mean|^2 = d std^2} is empty)."
+            )
+
+    def random(self, key: PRNGKeyArray, shape: tuple[int, ...], dtype=None) -> Array:
+        """Random points with shape `shape = (..., d)`, `d >= 2`: Gaussian, centred
+        and scaled (uniform on the set)."""
+        if len(shape) == 0:
+            raise ValueError("`shape` must end with the ambient dimension `d`.")
+        self.check_dimension(shape[-1])
+        return super().random(key, shape, dtype)
 
     def project(self, x):
         x = jnp.asarray(x)

@@ -28,7 +28,7 @@ def _public_names() -> set[str]:
 
 def _documented_names(prefix: str = "spherejax") -> set[str]:
     found = set()
-    pattern = rf"^::: {re.escape(prefix)}\.(\w+)\s*$"
+    pattern = rf"^::: {re.escape(prefix)}\.([A-Za-z]\w*)\s*$"  # not private modules
     for page in (ROOT / "docs" / "api").glob("*.md"):
         found |= set(re.findall(pattern, page.read_text(), re.M))
     return found
@@ -82,3 +82,62 @@ def test_mkdocs_build_strict(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert (tmp_path / "api" / "solvers" / "index.html").exists()
+    _check_offline_maths(tmp_path)
+    _check_signatures(tmp_path)
+
+
+def _text_outside_code(page: str) -> str:
+    return re.sub(r"<pre.*?</pre>|<code.*?</code>", "", page, flags=re.S)
+
+
+def _check_offline_maths(site: pathlib.Path):
+    # the maths is MathML written at build time: no script from the network, no TeX
+    # left for a renderer (stray `$`, `\(`, `\[`) in the text of any page
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 20
+    for html_file in pages:
+        page = html_file.read_text()
+        assert not re.search(r"<script[^>]+src=\"(https?:)?//", page), html_file
+        text = _text_outside_code(page)
+        for leftover in ("$$", "\\(", "\\[", 'class="arithmatex"'):
+            assert leftover not in text, (html_file, leftover)
+    for name in ("maths", "mean_field", "api/mean_field", "api/integrate"):
+        page = (site / name / "index.html").read_text()
+        assert page.count('<math xmlns="http://www.w3.org/1998/Math/MathML"') > 10
+        assert 'display="block"' in page, name
+        assert "$" not in _text_outside_code(page).replace("&#x00024;", ""), name
+
+
+def _check_signatures(site: pathlib.Path):
+    # constructors of equinox modules (dataclass fields) and functions show their
+    # parameters with annotations, shapes included
+    expect = {
+        "api/mean_field": ["CircleDensity(", "diffusion:", "SphereDensity("],
+        "api/action": ["ShootingLoss(", "dt0:", "adjoint:", "rtol:", "atol:"],
+        "api/energy": [
+            "cluster_count(",
+            "separation: float = 1.0",
+            'Float[ArrayLike, "n d"]',
+        ],
+        "api/manifolds": ["Sphere(", "radius:"],
+        "api/fields": ["SelfAttention(", "Q:", "normalization:"],
+    }
+    for name, needles in expect.items():
+        page = (site / name / "index.html").read_text()
+        sigs = " ".join(re.findall(r'class="doc-signature.*?</pre>', page, re.S))
+        text = re.sub(r"<[^>]+>", "", sigs)
+        for needle in needles:
+            assert needle in text, (name, needle)
+
+
+def test_examples_lists_every_notebook():
+    listed = (ROOT / "docs" / "examples.md").read_text()
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert f"`{nb.name}`" in listed, nb.name
+
+
+def test_no_network_scripts_in_config():
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert "http" not in config.split("nav:")[0].replace("repo_url: https://", ""), (
+        "a script or stylesheet from the network in mkdocs.yml"
+    )

@@ -150,3 +150,11 @@ def test_layernorm_projection_is_layernorm(getkey):
 def test_bad_parameters(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_layer_norm_sphere_random_refuses_d_1():
+    with pytest.raises(ValueError, match="needs dimension d >= 2; got 1"):
+        sj.LayerNormSphere().random(jr.PRNGKey(0), (3, 1))
+    x = np.asarray(sj.LayerNormSphere(0.5, 2.0).random(jr.PRNGKey(0), (3, 4)))
+    np.testing.assert_allclose(x.mean(-1), 0.5, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(x - 0.5, axis=-1), 4.0, rtol=1e-12)

