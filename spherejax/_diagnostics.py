@@ -7,7 +7,7 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from ._misc import is_concrete, safe_norm
 
@@ -184,7 +184,7 @@ def cluster_count(
 
 def equiangular(
     ts: Float[ArrayLike, " T"],
-    beta: float,
+    beta: float | Real[ArrayLike, ""],
     n: int,
     rho0: float,
     normalization: str = "softmax",

@@ -528,20 +528,13 @@ def test_sweep_config_setting_every_key_draws_the_phase_diagram(tmp_path):
 def test_equiangular_boundary_matches_scipy():
     # the crossing time of gamma_beta(t) = 1 - eps, against an independent
     # DOP853 solve of the softmax equiangular ODE (GLPR Thm 6.8) with an event
-    import jaxtyping
     from scipy.integrate import solve_ivp
 
     from spherejax.cli.plots import equiangular_boundary
 
     n, eps, t1 = 8, 1e-3, 10.0
     betas = [0.5, 2.0, 4.0]
-    # `equiangular` annotates `beta` as a float, and the tests' runtime type
-    # checks refuse the traced scalar that vmap passes (which it supports)
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        got = equiangular_boundary(betas, n, eps, t1)
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
+    got = equiangular_boundary(betas, n, eps, t1)
     for beta, t in zip(betas, got):
 
         def rhs(_, rho, beta=beta):

@@ -168,7 +168,7 @@ def simulate(options: dict, explicit: AbstractSet[str] = frozenset()) -> dict:
         row = dict(
             t=float(ts_np[k]),
             energy=float(energy[k]),
-            clusters=sj.cluster_count(ys_np[k], tol=1e-3),
+            clusters=sj.cluster_count(ys_np[k]),
             mean_cos=float(cos[~np.eye(n, dtype=bool)].mean()) if n > 1 else 1.0,
             violation=float(sj.Sphere().violation(ys_np[k])),
         )

@@ -87,7 +87,7 @@ def _with_key_mask(field: AbstractField, key_mask: Array | None) -> AbstractFiel
 
 class ResidualFlow(AbstractField):
     r"""The continuous-time limit of a residual stack with LayerNorms (see the
-    module docstring of `spherejax.models`):
+    real-models page of the docs):
 
     - `norm="post"`: $\dot z = P_z \sum_s [u_s + f_s(t, u_s)]$,
       $u_s = \gamma_s \odot z + \beta_s$, on
