@@ -31,7 +31,7 @@ def _setup(o: dict, explicit, dtype):
         if clash:
             raise ValueError(f"--field sets the field: do not also give --{clash[0]}")
         try:
-            field = sj.load(o["field"], like=sj.field_from_hyperparams)
+            field = sj.io.load(o["field"], like=sj.io.field_from_hyperparams)
         except ValueError as e:
             raise ValueError(f"--field {o['field']}: {e}") from None
         o["beta"] = float(field.beta)
@@ -166,7 +166,7 @@ def simulate(options: dict, explicit: AbstractSet[str] = frozenset()) -> dict:
     png = out.stage("simulate.png", png_bytes(figure, 110))
     out.stage("simulate.npz", npz_bytes(ts=ts_np, ys=ys_np, energy=energy))
     field_path = out.path("field.sjx")
-    out.stage("field.sjx", _model_bytes(field, sj.field_hyperparams(field)))
+    out.stage("field.sjx", _model_bytes(field, sj.io.field_hyperparams(field)))
     summary = dict(
         command="simulate",
         n=n,
