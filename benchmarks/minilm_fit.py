@@ -75,9 +75,9 @@ def fit_flow(ts, train, base, rank, steps, attention=True, lr=1e-2):
         spec = eqx.tree_at(lambda m: (m.alpha, m.beta), spec, (False, False))
     opt = optax.adam(optax.cosine_decay_schedule(lr, steps, 1e-2))
     start = time.perf_counter()
-    flow, losses = sj.fit(
+    flow, losses = sj.variational.fit(
         init,
-        sj.TrackingLoss(),
+        sj.variational.TrackingLoss(),
         (ts, train),
         optimizer=opt,
         steps=steps,

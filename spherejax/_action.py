@@ -77,7 +77,7 @@ class Tracking(AbstractLagrangian):
     the Euler–Lagrange equation
     $P_{x_i}\big(\dot r_i + \sum_j (\partial X_j/\partial x_i)^\top r_j\big) = 0$,
     $r = \dot x - X$. Fitting $X$ by minimising this action over observed paths needs
-    no ODE solve (see `spherejax.TrackingLoss`).
+    no ODE solve (see `spherejax.variational.TrackingLoss`).
     """
 
     field: AbstractField
@@ -104,7 +104,8 @@ class KineticPotential(AbstractLagrangian):
     $$H(x, v) = \tfrac12 |v|^2 - U(x)$$
 
     is conserved. `vector_field(manifold)` gives this second-order system as a
-    first-order field on the tangent bundle, for `diffrax` (see `spherejax.Rattle`).
+    first-order field on the tangent bundle, for `diffrax` (see
+    `spherejax.variational.Rattle`).
     """
 
     potential: Callable
@@ -159,7 +160,7 @@ class TangentBundleField(eqx.Module):
     `force(x)` (or `force(t, x)` with `time_dependent=True`) is an ambient force,
     $\mathrm{II}_x(v, v)$ is the geodesic (normal) acceleration that keeps `x` on
     the manifold. Any diffrax solver can integrate it (it then drifts off the
-    manifold); `spherejax.Rattle` keeps both constraints to round-off.
+    manifold); `spherejax.variational.Rattle` keeps both constraints to round-off.
     """
 
     force: Callable

@@ -157,9 +157,9 @@ class TrackingLoss(eqx.Module):
     $$\ell(X) = \frac{1}{B\, n\, (t_{T-1} - t_0)} \sum_b S_{\text{track}}[x^b],\qquad
     S_{\text{track}} = \int \tfrac12 \sum_i |\dot x_i - X_i(t, x)|^2 dt,$$
 
-    computed with `spherejax.action` (geodesic polygon, midpoint rule), so the loss
-    is half the mean squared velocity residual. Called as `loss(field, (ts, paths))`
-    with `paths` of shape `(B, T, n, d)` (or `(T, n, d)`).
+    computed with `spherejax.variational.action` (geodesic polygon, midpoint rule),
+    so the loss is half the mean squared velocity residual. Called as
+    `loss(field, (ts, paths))` with `paths` of shape `(B, T, n, d)` (or `(T, n, d)`).
     """
 
     manifold: AbstractManifold | None = None
@@ -224,9 +224,9 @@ class EndpointLoss(eqx.Module):
     $$\ell(X) = \frac{1}{B n}\sum_b \Big(|\phi^X_T(x^b_0) - x^b_1|^2
     + \lambda \int_0^T \tfrac12 |X(t, x^b(t))|^2 dt\Big),$$
 
-    the kinetic term computed by `spherejax.action(..., Kinetic())` on the solution
-    saved at `num_saves` uniform times. Called as `loss(field, (t1, x0, x1))` with
-    `x0`, `x1` of shape `(B, n, d)`.
+    the kinetic term computed by `spherejax.variational.action(..., Kinetic())` on the
+    solution saved at `num_saves` uniform times. Called as
+    `loss(field, (t1, x0, x1))` with `x0`, `x1` of shape `(B, n, d)`.
     """
 
     kinetic: float = 0.1

@@ -261,7 +261,7 @@ def _parse_header(path: str, first: bytes) -> dict:
     if not isinstance(header, dict) or header.get("format") != MAGIC:
         raise ValueError(
             f"{path!r} is not a spherejax model file (no spherejax header; was it "
-            "written by `spherejax.save`?)."
+            "written by `spherejax.io.save`?)."
         )
     if header.get("format_version") != FORMAT_VERSION:
         raise ValueError(

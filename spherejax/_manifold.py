@@ -108,7 +108,7 @@ class AbstractManifold(eqx.Module):
     def lie_algebra(self, y0: Array, m: int) -> AbstractLieAlgebra:
         """The Lie algebra computations of one Runge–Kutta–Munthe-Kaas step from
         `y0` (shape `(n, d)`) with up to `m - 1` stage velocities (see
-        `spherejax.AbstractLieAlgebra`)."""
+        `spherejax.solvers.AbstractLieAlgebra`)."""
 
     @abc.abstractmethod
     def project_along_normal(self, x: ArrayLike, y: ArrayLike) -> Array:

@@ -238,12 +238,12 @@ class MeasureLoss(eqx.Module):
     + \lambda\,\frac1n\int_0^T\tfrac12\sum_i|\dot x_i(t)|^2\,dt,$$
 
     $\phi^X$ the flow of the field, solved from the points of $\mu_0$ and saved at
-    `num_saves` uniform times; the kinetic action by `spherejax.action(...,
+    `num_saves` uniform times; the kinetic action by `spherejax.variational.action(...,
     Kinetic())` on those saves. The end-point term is the debiased Sinkhorn
     divergence (`sinkhorn_divergence`, regularisation `epsilon`), or
     `mmd2` with `kappa` when `divergence="mmd"`. Unlabelled: `x1` may have
     any number of points. Called as `loss(field, (t1, x0, x1))` with `x0`
-    `(n, d)`, `x1` `(m, d)`; use it with `spherejax.fit`.
+    `(n, d)`, `x1` `(m, d)`; use it with `spherejax.variational.fit`.
 
     ??? cite
         K. Kan, X. Li, S. Osher, *OT-Transformer: a continuous-time Transformer

@@ -250,7 +250,7 @@ def transformer(
         ```python
         field = sj.SelfAttention.identity(3, beta=1.0)
         x0 = sj.Sphere().random(jax.random.PRNGKey(0), (8, 3))
-        xs = sj.transformer(field, x0, num_layers=12, h=0.25)   # (13, 8, 3)
+        xs = sj.transformers.transformer(field, x0, num_layers=12, h=0.25)  # (13, 8, 3)
         ```
     """
     if norm not in NORMS:

@@ -34,7 +34,7 @@ def maxdiff(a, b):
 
 def main():
     out = {"device_count": jax.device_count()}
-    mesh = sj.make_mesh()
+    mesh = sj.sharding.make_mesh()
     key = jax.random.PRNGKey(0)
     k1, k2, k3, k4, k5 = jax.random.split(key, 5)
     d = 4
@@ -52,8 +52,8 @@ def main():
     def ens_loss(V, beta, sharded):
         field = sj.SelfAttention(Q, K, V, beta)
         if sharded:
-            ys = sj.sharded_solve(
-                field, sj.shard_ensemble(y0s, mesh), t1, mesh=mesh, **kw
+            ys = sj.sharding.sharded_solve(
+                field, sj.sharding.shard_ensemble(y0s, mesh), t1, mesh=mesh, **kw
             )
         else:
             ys = jax.vmap(lambda y: sj.solve(field, y, t1, **kw).ys)(y0s)
@@ -80,8 +80,8 @@ def main():
         f = sj.SelfAttention(
             Q, K, V, 1.5, normalization=norm, causal=causal, weights=w, chunk_size=chunk
         )
-        sharded = jax.jit(lambda y, f=f: sj.TokenSharded(f, mesh)(0.0, y))(
-            sj.shard_tokens(y0, mesh)
+        sharded = jax.jit(lambda y, f=f: sj.sharding.TokenSharded(f, mesh)(0.0, y))(
+            sj.sharding.shard_tokens(y0, mesh)
         )
         field_err = max(field_err, maxdiff(sharded, f(0.0, y0)))
         out[f"token_field_devices_{norm}"] = len(sharded.sharding.device_set)
@@ -90,8 +90,8 @@ def main():
     def tok_loss(V, beta, sharded):
         field = sj.SelfAttention(Q, K, V, beta, weights=w, causal=True)
         if sharded:
-            field = sj.TokenSharded(field, mesh)
-            y = sj.shard_tokens(y0, mesh)
+            field = sj.sharding.TokenSharded(field, mesh)
+            y = sj.sharding.shard_tokens(y0, mesh)
         else:
             y = y0
         ys = sj.solve(field, y, t1, **kw).ys

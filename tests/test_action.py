@@ -32,12 +32,12 @@ def test_geodesic_and_kinetic_action_exact(getkey, radius):
     # non-uniform times: the polygon is still exact
     ts = jnp.sort(jr.uniform(getkey(), (9,), minval=0.0, maxval=T)).at[0].set(0.0)
     ts = ts.at[-1].set(T)
-    path = sj.geodesic(x0, x1, ts, M)
+    path = sj.variational.geodesic(x0, x1, ts, M)
     ref, theta = np_great_circle(x0, x1, np.asarray(ts) / T, radius)
     np.testing.assert_allclose(path, ref, atol=1e-12)
     assert M.violation(path) < 1e-12
     exact = np.sum((radius * theta) ** 2) / (2 * T)
-    S = sj.action(path, ts, sj.Kinetic(), M)
+    S = sj.variational.action(path, ts, sj.variational.Kinetic(), M)
     assert abs(float(S) - exact) < 1e-12 * max(1.0, exact)
 
 
@@ -46,16 +46,21 @@ def test_kinetic_action_euclidean_and_layernorm(getkey):
     E = sj.Euclidean()
     x0, x1 = jr.normal(getkey(), (3, 5)), jr.normal(getkey(), (3, 5))
     ts = jnp.linspace(0.0, 3.0, 7)
-    S = sj.action(sj.geodesic(x0, x1, ts, E), ts, sj.Kinetic(), E)
+    S = sj.variational.action(
+        sj.variational.geodesic(x0, x1, ts, E), ts, sj.variational.Kinetic(), E
+    )
     assert abs(float(S) - float(jnp.sum((x1 - x0) ** 2)) / 6.0) < 1e-12
     # LayerNorm sphere: a great circle of radius sqrt(d) in the mean-zero plane
     L = sj.LayerNormSphere()
     x0, x1 = L.random(getkey(), (3, 5)), L.random(getkey(), (3, 5))
-    path = sj.geodesic(x0, x1, ts, L)
+    path = sj.variational.geodesic(x0, x1, ts, L)
     assert L.violation(path) < 1e-12
     c = np.sum(np.asarray(x0) * np.asarray(x1), -1) / 5.0
     exact = np.sum(5.0 * np.arccos(c) ** 2) / 6.0
-    assert abs(float(sj.action(path, ts, sj.Kinetic(), L)) - exact) < 1e-12
+    assert (
+        abs(float(sj.variational.action(path, ts, sj.variational.Kinetic(), L)) - exact)
+        < 1e-12
+    )
 
 
 def test_action_second_order_on_smooth_path(getkey):
@@ -70,7 +75,11 @@ def test_action_second_order_on_smooth_path(getkey):
         path = np.stack(
             [rho * np.cos(w * ts), rho * np.sin(w * ts), np.full_like(ts, z0)], -1
         )[:, None, :]
-        S = float(sj.action(jnp.asarray(path), jnp.asarray(ts), sj.Kinetic(), M))
+        S = float(
+            sj.variational.action(
+                jnp.asarray(path), jnp.asarray(ts), sj.variational.Kinetic(), M
+            )
+        )
         errs.append(abs(S - T * w**2 * rho**2 / 2))
         hs.append(T / N)
     # a latitude circle is shorter along the chord: the polygon underestimates, O(h^2)
@@ -81,15 +90,15 @@ def test_euler_lagrange_residual_geodesic_and_perturbed(getkey):
     M = sj.Sphere()
     x0, x1 = M.random(getkey(), (3, 3)), M.random(getkey(), (3, 3))
     ts = jnp.concatenate([jnp.linspace(0.0, 1.0, 6), jnp.linspace(1.2, 2.0, 5)])
-    path = sj.geodesic(x0, x1, ts, M)
-    R = sj.euler_lagrange_residual(path, ts, sj.Kinetic(), M)
+    path = sj.variational.geodesic(x0, x1, ts, M)
+    R = sj.variational.euler_lagrange_residual(path, ts, sj.variational.Kinetic(), M)
     assert R.shape == (9, 3, 3)
     assert float(jnp.max(jnp.abs(R))) < 1e-11
     # tangent output
     assert float(jnp.max(jnp.abs(jnp.sum(R * path[1:-1], -1)))) < 1e-12
     eps = 1e-3
     bumped = M.project(path.at[5].add(eps * jr.normal(getkey(), (3, 3))))
-    Rb = sj.euler_lagrange_residual(bumped, ts, sj.Kinetic(), M)
+    Rb = sj.variational.euler_lagrange_residual(bumped, ts, sj.variational.Kinetic(), M)
     # a bump of size eps in one node gives a residual ~ eps / h^2 = 0.1 there
     assert float(jnp.max(jnp.abs(Rb))) > 10 * eps
 
@@ -112,9 +121,13 @@ def test_euler_lagrange_residual_tracking_second_order(getkey):
     for N in (40, 80, 160):
         path = jnp.asarray(fine[:: 160 // N])
         ts = jnp.asarray(fine_ts[:: 160 // N])
-        R = sj.euler_lagrange_residual(path, ts, sj.Tracking(field), M)
+        R = sj.variational.euler_lagrange_residual(
+            path, ts, sj.variational.Tracking(field), M
+        )
         res.append(float(jnp.max(jnp.abs(R))))
-        acts.append(float(sj.action(path, ts, sj.Tracking(field), M)))
+        acts.append(
+            float(sj.variational.action(path, ts, sj.variational.Tracking(field), M))
+        )
         hs.append(T / N)
     # residual O(h^2); tracking action O(h^4) (squared O(h^2) velocity defect)
     assert abs(slope(hs, res) - 2) < 0.3, res
@@ -122,7 +135,9 @@ def test_euler_lagrange_residual_tracking_second_order(getkey):
     assert res[-1] < 1e-3
     # the same flow with a perturbed interior point: large residual
     bumped = M.project(path.at[N // 2].add(1e-2 * jr.normal(getkey(), path.shape[1:])))
-    Rb = sj.euler_lagrange_residual(bumped, ts, sj.Tracking(field), M)
+    Rb = sj.variational.euler_lagrange_residual(
+        bumped, ts, sj.variational.Tracking(field), M
+    )
     assert float(jnp.max(jnp.abs(Rb))) > 1e3 * res[-1]
 
 
@@ -132,14 +147,17 @@ def test_minimum_action_path_converges_to_geodesic(getkey):
     x0, x1 = M.random(getkey(), (n, d)), M.random(getkey(), (n, d))
     ts = jnp.linspace(0.0, T, 17)
     noise = 0.1 * jr.normal(getkey(), (17, n, d))
-    init = M.project(sj.geodesic(x0, x1, ts, M) + noise)
-    path, losses = sj.minimum_action_path(
-        x0, x1, ts, sj.Kinetic(), M, init=init, steps=400
+    init = M.project(sj.variational.geodesic(x0, x1, ts, M) + noise)
+    path, losses = sj.variational.minimum_action_path(
+        x0, x1, ts, sj.variational.Kinetic(), M, init=init, steps=400
     )
     ref, theta = np_great_circle(x0, x1, np.asarray(ts) / T)
     exact = np.sum(theta**2) / (2 * T)
     assert float(losses[0]) > exact + 1e-2  # it did start away from the optimum
-    assert abs(float(sj.action(path, ts, sj.Kinetic(), M)) - exact) < 1e-6
+    assert (
+        abs(float(sj.variational.action(path, ts, sj.variational.Kinetic(), M)) - exact)
+        < 1e-6
+    )
     np.testing.assert_allclose(path, ref, atol=1e-5)
     assert float(M.violation(path)) < 1e-12
     np.testing.assert_array_equal(path[0], x0)
@@ -167,7 +185,7 @@ def _np_el_rhs(n, beta):
 def _rattle_setup(key, n=6, d=3, beta=2.0):
     M = sj.Sphere()
     k1, k2 = jr.split(key)
-    L = sj.KineticPotential(lambda x: -n * sj.interaction_energy(x, beta))
+    L = sj.variational.KineticPotential(lambda x: -n * sj.interaction_energy(x, beta))
     x0 = M.random(k1, (n, d))
     v0 = M.to_tangent(x0, jr.normal(k2, (n, d)))
     return M, L, x0, v0
@@ -192,7 +210,9 @@ def test_rattle_order_against_scipy(getkey):
     term = diffrax.ODETerm(L.vector_field(M))
     errs, hs = [], []
     for h in (0.1, 0.05, 0.025, 0.0125):
-        sol = diffrax.diffeqsolve(term, sj.Rattle(M), 0.0, t1, jnp.asarray(h), (x0, v0))
+        sol = diffrax.diffeqsolve(
+            term, sj.variational.Rattle(M), 0.0, t1, jnp.asarray(h), (x0, v0)
+        )
         x, v = sol.ys[0][-1], sol.ys[1][-1]
         errs.append(float(max(np.max(np.abs(x - ref[0])), np.max(np.abs(v - ref[1])))))
         hs.append(h)
@@ -209,7 +229,7 @@ def test_rattle_constraints_and_energy_over_long_time(getkey):
     for h in (0.05, 0.025):
         sol = diffrax.diffeqsolve(
             term,
-            sj.Rattle(M),
+            sj.variational.Rattle(M),
             0.0,
             100.0,
             jnp.asarray(h),
@@ -235,7 +255,9 @@ def test_rattle_layernorm_and_euler_lagrange(getkey):
     # solves the EL equation of KineticPotential to O(h^2).
     M = sj.LayerNormSphere()
     n, d = 4, 4
-    L = sj.KineticPotential(lambda x: jnp.sum(x[:, 0]) + 0.1 * jnp.sum(x[:, 1] ** 2))
+    L = sj.variational.KineticPotential(
+        lambda x: jnp.sum(x[:, 0]) + 0.1 * jnp.sum(x[:, 1] ** 2)
+    )
     x0 = M.random(getkey(), (n, d))
     v0 = M.to_tangent(x0, jr.normal(getkey(), (n, d)))
     term = diffrax.ODETerm(L.vector_field(M))
@@ -244,7 +266,7 @@ def test_rattle_layernorm_and_euler_lagrange(getkey):
         ts = jnp.arange(0, 41, dtype=float) * h
         sol = diffrax.diffeqsolve(
             term,
-            sj.Rattle(M),
+            sj.variational.Rattle(M),
             0.0,
             ts[-1],
             jnp.asarray(h),
@@ -255,7 +277,11 @@ def test_rattle_layernorm_and_euler_lagrange(getkey):
         assert float(M.violation(xs)) < 1e-12
         assert float(jnp.max(jnp.abs(jnp.sum(xs * vs, -1)))) < 1e-11
         assert float(jnp.max(jnp.abs(jnp.mean(vs, -1)))) < 1e-12
-        res.append(float(jnp.max(jnp.abs(sj.euler_lagrange_residual(xs, ts, L, M)))))
+        res.append(
+            float(
+                jnp.max(jnp.abs(sj.variational.euler_lagrange_residual(xs, ts, L, M)))
+            )
+        )
     assert 3.0 < res[0] / res[1] < 5.5, res
 
 
@@ -263,12 +289,18 @@ def test_rattle_layernorm_and_euler_lagrange(getkey):
 def test_errors():
     M = sj.Sphere()
     with pytest.raises(ValueError, match="path"):
-        sj.action(jnp.zeros((3, 3)), jnp.zeros(3), sj.Kinetic(), M)
+        sj.variational.action(
+            jnp.zeros((3, 3)), jnp.zeros(3), sj.variational.Kinetic(), M
+        )
     with pytest.raises(ValueError, match="ts"):
-        sj.action(jnp.ones((3, 2, 3)), jnp.zeros(4), sj.Kinetic(), M)
+        sj.variational.action(
+            jnp.ones((3, 2, 3)), jnp.zeros(4), sj.variational.Kinetic(), M
+        )
     with pytest.raises(ValueError, match="lagrangian"):
-        sj.action(jnp.ones((3, 2, 3)), jnp.arange(3.0), lambda t, x, v: 0.0, M)
+        sj.variational.action(
+            jnp.ones((3, 2, 3)), jnp.arange(3.0), lambda t, x, v: 0.0, M
+        )
     with pytest.raises(ValueError, match="5 points"):
-        sj.euler_lagrange_residual(
-            jnp.ones((4, 2, 3)), jnp.arange(4.0), sj.Kinetic(), M
+        sj.variational.euler_lagrange_residual(
+            jnp.ones((4, 2, 3)), jnp.arange(4.0), sj.variational.Kinetic(), M
         )

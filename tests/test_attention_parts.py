@@ -14,10 +14,8 @@ import scipy.integrate
 from helpers import unchecked
 
 import spherejax as sj
-from spherejax.attention import (
-    AbstractElementwiseNormalization,
-    AbstractNormalization,
-)
+from spherejax import AbstractNormalization
+from spherejax.attention import AbstractElementwiseNormalization
 
 
 # -- normalisations defined by a user, in this file only ------------------------

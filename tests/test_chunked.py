@@ -27,7 +27,7 @@ def _problem(getkey, weighted=True):
     return x, Q, K, V, w
 
 
-def _part(name: str, iterations: int) -> sj.attention.AbstractNormalization:
+def _part(name: str, iterations: int) -> sj.AbstractNormalization:
     return sj.attention.normalization_from_name(name, iterations=iterations)
 
 

@@ -74,10 +74,10 @@ def _bad_files(folder):
         header = {"descr": "<f8", "fortran_order": False, "shape": (100000, 100000)}
         np.lib.format.write_array_header_1_0(f, header)
         f.write(b"\0" * 16)
-    sj.save(
+    sj.io.save(
         bad / "field.sjx",
         sj.SelfAttention.identity(3, 1.0),
-        sj.field_hyperparams(sj.SelfAttention.identity(3, 1.0)),
+        sj.io.field_hyperparams(sj.SelfAttention.identity(3, 1.0)),
     )
     (bad / "truncated.sjx").write_bytes((bad / "field.sjx").read_bytes()[:-10])
     _edited_headers(bad)
@@ -117,7 +117,7 @@ def _edited_headers(bad):
     leaves[0] = {"shape": [6000, 6000], "dtype": "float64"}
     write("huge_leaves.sjx", leaves=leaves)
     hot = sj.SelfAttention.identity(3, 200.0, normalization=sj.Unnormalized())
-    sj.save(bad / "hot.sjx", hot, sj.field_hyperparams(hot))
+    sj.io.save(bad / "hot.sjx", hot, sj.io.field_hyperparams(hot))
     (bad / "taken" / "simulate.json").mkdir(parents=True)
 
 
@@ -220,7 +220,7 @@ def test_fit_recovers_the_simulated_field(tmp_path, capsys):
     assert summary["residual_fitted"]["heldout"] < 1e-2
     assert summary["heldout_times"] == 15 and summary["times"] == 61
 
-    fitted = sj.load(out / "field.sjx", like=sj.field_from_hyperparams)
+    fitted = sj.io.load(out / "field.sjx", like=sj.io.field_from_hyperparams)
     true = sj.SelfAttention.identity(3, 1.0)
     ys = jnp.asarray(np.load(sim / "simulate.npz")["ys"][46:])  # held-out states
     v_fit = np.asarray(jax_vmap_field(fitted, ys))
@@ -418,7 +418,7 @@ def _probe_files(folder):
     # a field file whose first parameter is a pickled object array, with a
     # header that matches its payload (size and checksum)
     field = sj.SelfAttention.identity(3, 1.0)
-    sj.save(folder / "field.sjx", field, sj.field_hyperparams(field))
+    sj.io.save(folder / "field.sjx", field, sj.io.field_hyperparams(field))
     text = (folder / "field.sjx").read_bytes().partition(b"\n")[0]
     header = json.loads(text)
     first = [True]
@@ -642,7 +642,7 @@ def test_atomic_writes_leave_whole_files_or_nothing(tmp_path, monkeypatch):
         files.write_atomic(tmp_path / "c.json", b"data")
     monkeypatch.undo()
 
-    # a writer that fails (e.g. a model refused by spherejax.save): removed too
+    # a writer that fails (e.g. a model refused by spherejax.io.save): removed too
     def refuse(path):
         raise ValueError("refused")
 

@@ -26,16 +26,16 @@ def _dop853(y0, rhs, T):
 
 def test_quadrature_rules():
     for rule in sj._continuum.RULES:
-        s, w = sj.quadrature(7, rule, interval=(0.0, 2.0))
+        s, w = sj.mean_field.quadrature(7, rule, interval=(0.0, 2.0))
         assert np.all((s > 0) & (s < 2)) and abs(float(jnp.sum(w)) - 2.0) < 1e-14
-    s, w = sj.quadrature(5, "gauss")
+    s, w = sj.mean_field.quadrature(5, "gauss")
     # Gauss-Legendre with 5 nodes integrates degree 9 exactly, not degree 10
     assert abs(float(jnp.sum(w * s**9)) - 0.1) < 1e-15
     assert abs(float(jnp.sum(w * s**10)) - 1 / 11) > 1e-8
-    s, w = sj.quadrature(8, "midpoint")
+    s, w = sj.mean_field.quadrature(8, "midpoint")
     assert abs(float(jnp.sum(w * s)) - 0.5) < 1e-15
     with pytest.raises(ValueError, match="rule"):
-        sj.quadrature(4, "simpson")
+        sj.mean_field.quadrature(4, "simpson")
 
 
 # ---------------------------------------------------------------- token continuum
@@ -51,7 +51,7 @@ def _profile(s):
 
 def _token_observables(num, rule, T=1.0):
     """int x(s, T) ds and int x x^T ds by the particle system on `num` nodes."""
-    s, w, y0 = sj.token_continuum(_profile, num, rule)
+    s, w, y0 = sj.mean_field.token_continuum(_profile, num, rule)
     w, y0 = np.asarray(w), np.asarray(y0)
     y = _dop853(y0, lambda x: np_attention_velocity(x, _QT, _KT, _VT, 1.0, w=w), T)
     second = np.einsum("j,ja,jb->ab", w, y, y)
@@ -101,8 +101,8 @@ def _u0(y):
 
 def _feature_observables(num, rule, T=1.0):
     """L2 Gram matrix <u_i, u_j> and moments int u_i(y) y dy at time T."""
-    nodes, w, Q, K, V = sj.feature_continuum(_q, _k, _v, num, rule)
-    u0 = np.array(sj.to_features(_u0(nodes), w))
+    nodes, w, Q, K, V = sj.mean_field.feature_continuum(_q, _k, _v, num, rule)
+    u0 = np.array(sj.mean_field.to_features(_u0(nodes), w))
     u0 /= np.linalg.norm(u0, axis=1, keepdims=True)  # unit L2 norm
     Q, K, V = (np.asarray(a)[None] for a in (Q, K, V))
     u = _dop853(u0, lambda x: np_attention_velocity(x, Q, K, V, 1.0), T)
@@ -126,13 +126,13 @@ def test_feature_continuum_is_discretisation_invariant():
 
 def test_feature_operator_is_the_integral_operator():
     # (W u)(eta) = int w(xi, eta) u(xi) dxi with w = xi * eta, u = 1: eta / 2
-    nodes, w = sj.quadrature(6, "gauss")
-    W = sj.feature_operator(lambda a, b: a * b, nodes, w)
-    out = sj.from_features(W @ sj.to_features(jnp.ones(6), w), w)
+    nodes, w = sj.mean_field.quadrature(6, "gauss")
+    W = sj.mean_field.feature_operator(lambda a, b: a * b, nodes, w)
+    out = sj.mean_field.from_features(W @ sj.mean_field.to_features(jnp.ones(6), w), w)
     np.testing.assert_allclose(out, nodes / 2, atol=1e-14)
     # weighted coordinates carry the L2 norm: int_0^1 y^2 dy = 1/3
     np.testing.assert_allclose(
-        jnp.sum(sj.to_features(nodes, w) ** 2), 1 / 3, atol=1e-14
+        jnp.sum(sj.mean_field.to_features(nodes, w) ** 2), 1 / 3, atol=1e-14
     )
 
 
@@ -161,7 +161,9 @@ def test_gaussian_particles_follow_covariance_closure():
     x0 = mu0 + z @ np.linalg.cholesky(S0).T
     field = sj.SelfAttention(Q, K, V, 1.0, manifold=sj.Euclidean())
     xT = np.asarray(sj.solve(field, x0, 1.0, solver=sj.RK4(), dt0=0.2).ys[-1])
-    means, covs = sj.gaussian_closure(mu0, S0, Q, K, V, 1.0, jnp.array([0.0, 1.0]))
+    means, covs = sj.mean_field.gaussian_closure(
+        mu0, S0, Q, K, V, 1.0, jnp.array([0.0, 1.0])
+    )
     C = np.cov(xT.T, bias=True)
     rel = np.linalg.norm(C - covs[-1]) / np.linalg.norm(covs[-1])
     assert rel < 0.02, rel
@@ -170,7 +172,7 @@ def test_gaussian_particles_follow_covariance_closure():
     assert np.max(np.abs(xT.mean(axis=0) - np.asarray(means[-1]))) < 0.02
     # with A = 0 the covariance is frozen and the mean
     # grows as exp(tV) mu0
-    means0, covs0 = sj.gaussian_closure(
+    means0, covs0 = sj.mean_field.gaussian_closure(
         mu0, S0, 0 * Q, K, V, 1.0, jnp.array([0.0, 0.5])
     )
     np.testing.assert_allclose(covs0[-1], S0, atol=1e-14)

@@ -26,7 +26,7 @@ def _rate(fn, u, tangent):
 
 @pytest.mark.parametrize("beta", [4.0, 9.0, 16.0])
 def test_circle_linear_rates(beta):
-    dens = sj.CircleDensity(beta, 64)
+    dens = sj.mean_field.CircleDensity(beta, 64)
     uniform = jnp.full(64, 1 / (2 * np.pi))
     theta = np.asarray(dens.nodes)
     for k in range(1, 9):
@@ -36,12 +36,12 @@ def test_circle_linear_rates(beta):
             assert abs(lam - ref) <= 1e-6 * ref, (k, lam, ref)
             assert off <= 1e-10  # the mode is an eigenvector
     # USA: k^2 I_k / beta for unit mass
-    usa = sj.CircleDensity(beta, 64, normalization="unnormalized")
+    usa = sj.mean_field.CircleDensity(beta, 64, normalization="unnormalized")
     lam, _ = _rate(usa, uniform, jnp.cos(3 * theta))
     ref = 9 * sps.iv(3, beta) / beta
     assert abs(lam - ref) <= 1e-6 * ref
     np.testing.assert_allclose(
-        sj.circle_growth_rates(beta, np.arange(1, 9)),
+        sj.mean_field.circle_growth_rates(beta, np.arange(1, 9)),
         np.arange(1, 9) ** 2
         * sps.ive(np.arange(1, 9), beta)
         / (beta * sps.ive(0, beta)),
@@ -50,7 +50,7 @@ def test_circle_linear_rates(beta):
 
 
 def test_circle_diffusion_shifts_rates():
-    dens = sj.CircleDensity(4.0, 32, diffusion=0.05)
+    dens = sj.mean_field.CircleDensity(4.0, 32, diffusion=0.05)
     theta = np.asarray(dens.nodes)
     lam, _ = _rate(dens, jnp.full(32, 1 / (2 * np.pi)), jnp.cos(2 * theta))
     ref = 4 * sps.ive(2, 4.0) / (4.0 * sps.ive(0, 4.0)) - 0.05 * 4
@@ -66,7 +66,7 @@ def _von_mises_mixture(theta):
 
 def test_circle_energy_against_quadrature():
     beta = 3.0
-    dens = sj.CircleDensity(beta, 64)
+    dens = sj.mean_field.CircleDensity(beta, 64)
     theta = np.asarray(dens.nodes)
     rho = _von_mises_mixture(theta)
     # independent: a 400 x 400 trapezoidal double sum in numpy
@@ -84,9 +84,9 @@ def test_circle_spectral_convergence():
     beta, t1 = 4.0, 1.5
 
     def coefficients(M):
-        dens = sj.CircleDensity(beta, M)
+        dens = sj.mean_field.CircleDensity(beta, M)
         rho0 = jnp.asarray(_von_mises_mixture(np.asarray(dens.nodes)))
-        sol = sj.solve_density(
+        sol = sj.mean_field.solve_density(
             dens, rho0, t1, rtol=1e-13, atol=1e-15, check_positive=False
         )
         assert sol.ys is not None
@@ -107,13 +107,13 @@ def test_circle_spectral_convergence():
 
 def test_circle_solve_mass_energy_and_usa_identity():
     beta = 4.0
-    dens = sj.CircleDensity(beta, 64)
+    dens = sj.mean_field.CircleDensity(beta, 64)
     theta = np.asarray(dens.nodes)
     rho0 = jnp.asarray(
         (1 + 0.3 * np.cos(2 * theta) + 0.2 * np.sin(5 * theta)) / (2 * np.pi)
     )
     ts = jnp.linspace(0.0, 3.0, 31)
-    sol = sj.solve_density(dens, rho0, 3.0, ts=ts)
+    sol = sj.mean_field.solve_density(dens, rho0, 3.0, ts=ts)
     assert sol.ys is not None
     ys = sol.ys
     assert float(jnp.max(jnp.abs(dens.mass(ys) - 1))) <= 1e-12
@@ -124,14 +124,14 @@ def test_circle_solve_mass_energy_and_usa_identity():
     # (USA): the derivative of the energy along the right-hand side (autodiff)
     # against the quadrature of the dissipation
     for norm in ("softmax", "unnormalized"):
-        d = sj.CircleDensity(beta, 64, normalization=norm)
+        d = sj.mean_field.CircleDensity(beta, 64, normalization=norm)
         for rho in (ys[5], ys[-1]):
             _, de = jax.jvp(d.energy, (rho,), (d(0.0, rho),))
             assert abs(float(de) - float(d.energy_rate(rho))) <= 1e-9 * abs(float(de))
     # USA at the solution level: E(t1) - E(t0) = int_0^t1 int rho |v|^2 dt
-    usa = sj.CircleDensity(beta, 64, normalization="unnormalized")
+    usa = sj.mean_field.CircleDensity(beta, 64, normalization="unnormalized")
     ts2 = jnp.linspace(0.0, 0.2, 201)
-    sol2 = sj.solve_density(usa, rho0, 0.2, ts=ts2, rtol=1e-11, atol=1e-13)
+    sol2 = sj.mean_field.solve_density(usa, rho0, 0.2, ts=ts2, rtol=1e-11, atol=1e-13)
     assert sol2.ys is not None
     e2 = jax.vmap(usa.energy)(sol2.ys)
     rate = np.asarray(jax.vmap(usa.energy_rate)(sol2.ys))
@@ -146,10 +146,10 @@ def test_circle_gradient_matches_finite_differences():
     @jax.jit
     def objective(params):
         beta, amp = params
-        dens = sj.CircleDensity(beta, 32)
+        dens = sj.mean_field.CircleDensity(beta, 32)
         theta = dens.nodes
         rho0 = (1 + amp * jnp.cos(2 * theta)) / (2 * jnp.pi)
-        sol = sj.solve_density(dens, rho0, 2.0, rtol=1e-11, atol=1e-13)
+        sol = sj.mean_field.solve_density(dens, rho0, 2.0, rtol=1e-11, atol=1e-13)
         assert sol.ys is not None
         return jnp.sum(sol.ys[-1] * jnp.cos(2 * theta)) * 2 * jnp.pi / 32
 
@@ -162,32 +162,32 @@ def test_circle_gradient_matches_finite_differences():
 
 
 def test_circle_negativity_is_reported():
-    dens = sj.CircleDensity(4.0, 32)
+    dens = sj.mean_field.CircleDensity(4.0, 32)
     theta = dens.nodes
     rho0 = (1 + 0.9 * jnp.cos(theta)) / (2 * jnp.pi)
     # resolved up to t = 2; by t = 6 the cluster is sharper than the grid
-    sol = sj.solve_density(dens, rho0, 2.0)
+    sol = sj.mean_field.solve_density(dens, rho0, 2.0)
     assert sol.ys is not None and float(jnp.min(sol.ys)) > 0
     with pytest.raises(Exception, match="resolved"):
-        sol = sj.solve_density(dens, rho0, 6.0, max_steps=2000)
+        sol = sj.mean_field.solve_density(dens, rho0, 6.0, max_steps=2000)
         jax.block_until_ready(sol.ys)
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match="modes"):
-        sj.CircleDensity(4.0, 15)
+        sj.mean_field.CircleDensity(4.0, 15)
     with pytest.raises(ValueError, match="normalization"):
-        sj.CircleDensity(4.0, 16, normalization="sinkhorn")
+        sj.mean_field.CircleDensity(4.0, 16, normalization="sinkhorn")
     with pytest.raises(ValueError, match="diffusion"):
-        sj.CircleDensity(4.0, 16, diffusion=-1.0)
+        sj.mean_field.CircleDensity(4.0, 16, diffusion=-1.0)
     with pytest.raises(ValueError, match="beta"):
-        sj.CircleDensity(-1.0, 16)
+        sj.mean_field.CircleDensity(-1.0, 16)
     with pytest.raises(ValueError, match="rho"):
-        sj.CircleDensity(4.0, 16)(0.0, jnp.ones(8))
+        sj.mean_field.CircleDensity(4.0, 16)(0.0, jnp.ones(8))
     with pytest.raises(ValueError, match="degree"):
-        sj.SphereDensity(4.0, 0)
+        sj.mean_field.SphereDensity(4.0, 0)
     with unchecked(), pytest.raises(ValueError, match="density"):
-        sj.solve_density(object(), jnp.ones(8), 1.0)  # type: ignore[arg-type]
+        sj.mean_field.solve_density(object(), jnp.ones(8), 1.0)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------- the sphere S^2
@@ -196,7 +196,7 @@ def test_bad_input():
 def test_sphere_basis_identities():
     """Orthonormality of the real harmonics and Green's identity
     int grad Y_a . grad Y_b = l(l+1) delta_ab on the quadrature grid."""
-    dens = sj.SphereDensity(4.0, 6)
+    dens = sj.mean_field.SphereDensity(4.0, 6)
     w = np.asarray(dens.weights)
     B, G = np.asarray(dens.basis), np.asarray(dens.gradients)
     deg = np.concatenate([np.full(2 * l + 1, l) for l in range(7)])
@@ -225,7 +225,7 @@ def test_sphere_basis_identities():
 
 @pytest.mark.parametrize("beta", [4.0, 9.0])
 def test_sphere_linear_rates(beta):
-    dens = sj.SphereDensity(beta, 8)
+    dens = sj.mean_field.SphereDensity(beta, 8)
     u = dens.uniform()
     for l in range(1, 9):
         idx = l * l + l  # m = 0
@@ -254,9 +254,9 @@ def test_sphere_solve_mass_energy_convergence():
     ts = jnp.linspace(0.0, t1, 6)
     finals = {}
     for L in (4, 8, 12):
-        dens = sj.SphereDensity(beta, L)
+        dens = sj.mean_field.SphereDensity(beta, L)
         c0 = _sphere_initial(dens)
-        sol = sj.solve_density(dens, c0, t1, ts=ts, rtol=1e-11, atol=1e-13)
+        sol = sj.mean_field.solve_density(dens, c0, t1, ts=ts, rtol=1e-11, atol=1e-13)
         assert sol.ys is not None
         assert float(jnp.max(jnp.abs(dens.mass(sol.ys) - dens.mass(c0)))) <= 1e-12
         energy = jax.vmap(dens.energy)(sol.ys)
@@ -272,9 +272,9 @@ def test_sphere_solve_mass_energy_convergence():
 def test_sphere_gradient_and_usa():
     @jax.jit
     def objective(beta):
-        dens = sj.SphereDensity(beta, 4)
+        dens = sj.mean_field.SphereDensity(beta, 4)
         c0 = dens.uniform().at[2].set(0.05).at[6].set(0.03)
-        sol = sj.solve_density(dens, c0, 1.0, rtol=1e-11, atol=1e-13)
+        sol = sj.mean_field.solve_density(dens, c0, 1.0, rtol=1e-11, atol=1e-13)
         assert sol.ys is not None
         return dens.energy(sol.ys[-1])
 
@@ -282,7 +282,7 @@ def test_sphere_gradient_and_usa():
     fd = (objective(3.0 + 1e-5) - objective(3.0 - 1e-5)) / 2e-5
     assert abs(float(g - fd)) <= 1e-6 * abs(float(fd))
     # USA identity at a state: dE/dt = int rho |v|^2
-    usa = sj.SphereDensity(3.0, 6, normalization="unnormalized")
+    usa = sj.mean_field.SphereDensity(3.0, 6, normalization="unnormalized")
     c = usa.uniform().at[2].set(0.05).at[7].set(-0.04)
     _, de = jax.jvp(usa.energy, (c,), (usa(0.0, c),))
     v = usa.velocity(c)
@@ -306,8 +306,8 @@ def test_particles_converge_to_density():
     much faster for quantile (quasi-uniform) samples."""
     beta, t1, seeds = 4.0, 2.0, 16
     rho_fn = lambda t: (1 + 0.4 * np.cos(2 * t) + 0.2 * np.sin(3 * t)) / (2 * np.pi)
-    dens = sj.CircleDensity(beta, 64)
-    sol = sj.solve_density(
+    dens = sj.mean_field.CircleDensity(beta, 64)
+    sol = sj.mean_field.solve_density(
         dens, jnp.asarray(rho_fn(np.asarray(dens.nodes))), t1, rtol=1e-12, atol=1e-14
     )
     assert sol.ys is not None
@@ -330,7 +330,9 @@ def test_particles_converge_to_density():
         u = np.concatenate([rng.random((seeds, n)), (np.arange(n)[None] + 0.5) / n])
         rows.append(np.repeat(_inverse_cdf(rho_fn, u), 256 // n, axis=1))
     th1 = jax.jit(jax.vmap(particles))(jnp.asarray(np.concatenate(rows)))
-    dist = np.asarray(sj.fourier_distance(th1, dens, rho1)).reshape(len(ns), -1)
+    dist = np.asarray(sj.mean_field.fourier_distance(th1, dens, rho1)).reshape(
+        len(ns), -1
+    )
     iid = np.sqrt(np.mean(dist[:, :-1] ** 2, axis=1))
     quasi = dist[:, -1]
     slope = np.polyfit(np.log(ns), np.log(iid), 1)[0]
@@ -350,7 +352,7 @@ def test_value_matrix_velocity_against_quadrature(normalization):
     quadrature (spectrally accurate for these periodic integrands); the energy
     rate is still dE/dt; mass is conserved."""
     beta = 3.0
-    dens = sj.CircleDensity(beta, 64, normalization=normalization, V=_V)
+    dens = sj.mean_field.CircleDensity(beta, 64, normalization=normalization, V=_V)
     theta = np.asarray(dens.nodes)
     rho = jnp.asarray(_von_mises_mixture(theta))
     p = 2 * np.pi * np.arange(400) / 400
@@ -371,11 +373,11 @@ def test_value_matrix_velocity_against_quadrature(normalization):
 
 
 def test_value_matrix_identity_matches_default():
-    theta = np.asarray(sj.CircleDensity(4.0, 32).nodes)
+    theta = np.asarray(sj.mean_field.CircleDensity(4.0, 32).nodes)
     rho = jnp.asarray(_von_mises_mixture(theta))
     for norm in ("softmax", "unnormalized"):
-        base = sj.CircleDensity(4.0, 32, normalization=norm)
-        eye = sj.CircleDensity(4.0, 32, normalization=norm, V=jnp.eye(2))
+        base = sj.mean_field.CircleDensity(4.0, 32, normalization=norm)
+        eye = sj.mean_field.CircleDensity(4.0, 32, normalization=norm, V=jnp.eye(2))
         for a, b in (
             (base(0.0, rho), eye(0.0, rho)),
             (base.velocity(rho), eye.velocity(rho)),
@@ -392,10 +394,10 @@ def test_value_matrix_particles_against_density():
     follow the density solved with the same V."""
     beta, t1, n = 4.0, 1.0, 256
     rho_fn = lambda t: (1 + 0.4 * np.cos(2 * t) + 0.2 * np.sin(3 * t)) / (2 * np.pi)
-    dens = sj.CircleDensity(beta, 64, V=_V)
+    dens = sj.mean_field.CircleDensity(beta, 64, V=_V)
     rho0 = jnp.asarray(rho_fn(np.asarray(dens.nodes)))
     ts = jnp.linspace(0.0, t1, 5)
-    sol = sj.solve_density(dens, rho0, t1, ts=ts, rtol=1e-12, atol=1e-14)
+    sol = sj.mean_field.solve_density(dens, rho0, t1, ts=ts, rtol=1e-12, atol=1e-14)
     assert sol.ys is not None
     assert float(jnp.max(jnp.abs(dens.mass(sol.ys) - dens.mass(rho0)))) <= 1e-12
     theta0 = _inverse_cdf(rho_fn, (np.arange(n) + 0.5) / n)
@@ -404,30 +406,30 @@ def test_value_matrix_particles_against_density():
     y = sj.solve(field, y0, t1, rtol=1e-10, atol=1e-12).ys
     assert y is not None
     th1 = jnp.arctan2(y[-1, :, 1], y[-1, :, 0])
-    dist = float(sj.fourier_distance(th1, dens, sol.ys[-1]))
+    dist = float(sj.mean_field.fourier_distance(th1, dens, sol.ys[-1]))
     # the same particles against the identity-V density are far off
-    eye = sj.CircleDensity(beta, 64)
-    sol_eye = sj.solve_density(eye, rho0, t1, rtol=1e-12, atol=1e-14)
+    eye = sj.mean_field.CircleDensity(beta, 64)
+    sol_eye = sj.mean_field.solve_density(eye, rho0, t1, rtol=1e-12, atol=1e-14)
     assert sol_eye.ys is not None
-    far = float(sj.fourier_distance(th1, eye, sol_eye.ys[-1]))
+    far = float(sj.mean_field.fourier_distance(th1, eye, sol_eye.ys[-1]))
     # measured: dist = 1.3e-7 (quantile placement), far = 0.33
     assert dist < 1e-6 and far > 0.1, (dist, far)
 
 
 def test_value_matrix_bad_input():
     with pytest.raises(ValueError, match="`V` must be a 2x2"):
-        sj.CircleDensity(4.0, 16, V=jnp.eye(3))
+        sj.mean_field.CircleDensity(4.0, 16, V=jnp.eye(3))
     with pytest.raises(ValueError, match="`V` must be a 2x2"):
-        sj.CircleDensity(4.0, 16, V=jnp.ones(2))
+        sj.mean_field.CircleDensity(4.0, 16, V=jnp.ones(2))
     with pytest.raises(ValueError, match="NaN or inf"):
-        sj.CircleDensity(4.0, 16, V=jnp.array([[1.0, jnp.nan], [0.0, 1.0]]))
+        sj.mean_field.CircleDensity(4.0, 16, V=jnp.array([[1.0, jnp.nan], [0.0, 1.0]]))
 
 
 def test_value_matrix_energy_not_monotone():
     """For V = diag(1, 0.3) (symmetric positive definite) dE/dt takes both signs
     near the uniform state: no energy monotonicity beyond V = cI. The rate is
     dE/dt exactly (checked by autodiff in the quadrature test)."""
-    dens = sj.CircleDensity(3.0, 32, V=jnp.diag(jnp.array([1.0, 0.3])))
+    dens = sj.mean_field.CircleDensity(3.0, 32, V=jnp.diag(jnp.array([1.0, 0.3])))
     theta = np.asarray(dens.nodes)
     rates = [
         float(

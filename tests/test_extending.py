@@ -106,7 +106,7 @@ class SpherePair(sj.AbstractManifold):
     def lie_algebra(self, y0, m):
         a, b = _rows(y0)
         parts = (sj.Sphere(R1).lie_algebra(a, m), sj.Sphere(R2).lie_algebra(b, m))
-        return sj.ProductAlgebra(parts, (K, K))
+        return sj.solvers.ProductAlgebra(parts, (K, K))
 
     def project_along_normal(self, x, y):
         def one(r, a, p):
@@ -194,7 +194,7 @@ def test_attention_flow_on_new_manifold(getkey):
 def test_rattle_on_new_manifold(getkey):
     # x'' = P_x c + constraint force on each factor (a constant force: "gravity")
     c = np.asarray(jr.normal(getkey(), (N, D)))
-    L = sj.KineticPotential(lambda x: jnp.sum(x * c))
+    L = sj.variational.KineticPotential(lambda x: jnp.sum(x * c))
     x0 = M.random(getkey(), (N, D))
     v0 = M.to_tangent(x0, jr.normal(getkey(), (N, D)))
 
@@ -216,7 +216,13 @@ def test_rattle_on_new_manifold(getkey):
     errs, hs = [], (0.05, 0.025)
     for h in hs:
         sol = diffrax.diffeqsolve(
-            term, sj.Rattle(M), 0.0, T1, jnp.asarray(h), (x0, v0), max_steps=64
+            term,
+            sj.variational.Rattle(M),
+            0.0,
+            T1,
+            jnp.asarray(h),
+            (x0, v0),
+            max_steps=64,
         )
         x, v = sol.ys[0][-1], sol.ys[1][-1]
         assert float(M.violation(x)) < 1e-12
@@ -233,7 +239,7 @@ def test_radius_sphere_with_lie_solvers(getkey):
     n, d, beta = 4, 3, 0.8
     kq, kk, kv, kx = jr.split(getkey(), 4)
     Q, K_, V = (jnp.eye(d) + 0.5 * jr.normal(k, (d, d)) for k in (kq, kk, kv))
-    flow = sj.PreLNFlow(sj.SelfAttention(Q, K_, V, beta))
+    flow = sj.transformers.PreLNFlow(sj.SelfAttention(Q, K_, V, beta))
     x0 = np.asarray(sj.Sphere().random(kx, (n, d)))
     Qn, Kn, Vn = np.asarray(Q), np.asarray(K_), np.asarray(V)
 
@@ -249,11 +255,11 @@ def test_radius_sphere_with_lie_solvers(getkey):
         rhs, (0.0, T1), x0.ravel(), method="DOP853", rtol=1e-13, atol=1e-13
     ).y[:, -1]
     ref = ref.reshape(n, d)
-    y0 = sj.to_polar(x0)
-    manifold = sj.RadiusSphere()
+    y0 = sj.transformers.to_polar(x0)
+    manifold = sj.transformers.RadiusSphere()
     sol = sj.solve(flow, y0, T1, solver=sj.RKMK4(), rtol=1e-10, atol=1e-10)
     assert float(manifold.violation(sol.ys)) < 1e-12
-    np.testing.assert_allclose(sj.from_polar(sol.ys[-1]), ref, atol=1e-7)
+    np.testing.assert_allclose(sj.transformers.from_polar(sol.ys[-1]), ref, atol=1e-7)
     sol = sj.solve(flow, y0, T1, solver=sj.CG2(), dt0=0.01, max_steps=200)
     assert float(manifold.violation(sol.ys)) < 1e-12
-    np.testing.assert_allclose(sj.from_polar(sol.ys[-1]), ref, atol=1e-3)
+    np.testing.assert_allclose(sj.transformers.from_polar(sol.ys[-1]), ref, atol=1e-3)

@@ -20,7 +20,7 @@ def test_riemannian_rayleigh_quotient(getkey):
     U = jnp.linalg.qr(jr.normal(getkey(), (d, d)))[0]
     A = U @ jnp.diag(jnp.arange(1.0, d + 1)) @ U.T  # eigenvalues 1..6, gap 1
     M = sj.Sphere()
-    opt = sj.riemannian(optax.sgd(0.05), M)
+    opt = sj.variational.riemannian(optax.sgd(0.05), M)
     x = M.random(getkey(), (d,))
     state = opt.init(x)
     f = lambda x: x @ A @ x
@@ -52,9 +52,9 @@ def test_riemannian_adam_keeps_points_on_layernorm(getkey):
     M = sj.LayerNormSphere()
     target = M.random(getkey(), (5, 4))
     x = M.random(getkey(), (5, 4))
-    opt = sj.riemannian(standard_promotion(optax.adam(0.05)), M)
+    opt = sj.variational.riemannian(standard_promotion(optax.adam(0.05)), M)
     loss = lambda x: jnp.sum((x - target) ** 2)
-    model, losses = sj.fit(
+    model, losses = sj.variational.fit(
         x, lambda x, _: loss(x), None, optimizer=opt, steps=300, progress=False
     )
     assert float(M.violation(model)) < 1e-12
@@ -102,12 +102,14 @@ def velocity_error(field, true, states):
 def test_fit_tracking_recovers_field(problem):
     true, init, spec, ts, train, test = problem
     assert velocity_error(init, true, test) > 0.5
-    assert float(sj.TrackingLoss()(true, (ts, train))) < 1e-7  # discretisation floor
+    assert (
+        float(sj.variational.TrackingLoss()(true, (ts, train))) < 1e-7
+    )  # discretisation floor
     steps = 1000
     opt = standard_promotion(optax.adam(optax.cosine_decay_schedule(1e-2, steps, 1e-3)))
-    model, losses = sj.fit(
+    model, losses = sj.variational.fit(
         init,
-        sj.TrackingLoss(),
+        sj.variational.TrackingLoss(),
         (ts, train),
         optimizer=opt,
         steps=steps,
@@ -134,8 +136,8 @@ def test_fit_shooting_recovers_field(problem):
     # other seeds / step sizes can stall in a local minimum (tracking did not).
     steps = 800
     opt = standard_promotion(optax.adam(optax.cosine_decay_schedule(5e-2, steps, 1e-3)))
-    loss = sj.ShootingLoss(solver=sj.Retract(sj.RK4()), dt0=0.1)
-    model, losses = sj.fit(
+    loss = sj.variational.ShootingLoss(solver=sj.Retract(sj.RK4()), dt0=0.1)
+    model, losses = sj.variational.fit(
         init,
         loss,
         (ts, train),
@@ -151,23 +153,28 @@ def test_fit_shooting_recovers_field(problem):
 def test_endpoint_loss_values(problem):
     true, init, spec, ts, train, test = problem
     x0, x1 = train[:, 0], train[:, -1]
-    plain = sj.EndpointLoss(
+    plain = sj.variational.EndpointLoss(
         kinetic=0.0, num_saves=11, solver=sj.Retract(sj.RK4()), dt0=0.05
     )
     # the true flow reaches the targets (RK4 at dt 0.05 against DOP853 at 1e-13)
     assert float(plain(true, (1.0, x0, x1))) < 1e-10
     # the kinetic regulariser is the kinetic action of the flow, per token
-    reg = sj.EndpointLoss(
+    reg = sj.variational.EndpointLoss(
         kinetic=1.0, num_saves=11, solver=sj.Retract(sj.RK4()), dt0=0.05
     )
-    kin = np.mean([float(sj.action(p, ts, sj.Kinetic(), true.manifold)) for p in train])
+    kin = np.mean(
+        [
+            float(sj.variational.action(p, ts, sj.variational.Kinetic(), true.manifold))
+            for p in train
+        ]
+    )
     assert abs(float(reg(true, (1.0, x0, x1))) - kin / N) < 1e-6
     assert float(plain(init, (1.0, x0, x1))) > 1e-2
 
 
 def test_fit_errors():
     with pytest.raises(ValueError, match="steps"):
-        sj.fit(
+        sj.variational.fit(
             jnp.zeros(2),
             lambda m, d: jnp.sum(m),
             None,
@@ -175,4 +182,4 @@ def test_fit_errors():
             steps=0,
         )
     with unchecked(), pytest.raises(ValueError, match="manifold"):
-        sj.riemannian(optax.sgd(0.1), "sphere")
+        sj.variational.riemannian(optax.sgd(0.1), "sphere")

@@ -35,24 +35,24 @@ def test_sinkhorn_divergence_against_linear_programming():
     a, b = a / a.sum(), b / b.sum()
     exact = _exact_ot(x, y, a, b)
     errs = [
-        abs(float(sj.sinkhorn_divergence(x, y, eps, a=a, b=b)) - exact)
+        abs(float(sj.mean_field.sinkhorn_divergence(x, y, eps, a=a, b=b)) - exact)
         for eps in (1e-1, 1e-2, 1e-3)
     ]
     # S_eps -> OT_0 as eps -> 0 (here the error is about 0.3 eps)
     assert errs[2] < 1e-3 * exact, errs
     assert errs[0] > errs[1] > errs[2], errs
     # symmetric, zero on the diagonal, positive off it
-    s_xy = sj.sinkhorn_divergence(x, y, 1e-2, a=a, b=b)
-    s_yx = sj.sinkhorn_divergence(y, x, 1e-2, a=b, b=a)
+    s_xy = sj.mean_field.sinkhorn_divergence(x, y, 1e-2, a=a, b=b)
+    s_yx = sj.mean_field.sinkhorn_divergence(y, x, 1e-2, a=b, b=a)
     assert abs(float(s_xy - s_yx)) <= 1e-9
-    assert abs(float(sj.sinkhorn_divergence(x, x, 1e-2, a=a, b=a))) <= 1e-12
+    assert abs(float(sj.mean_field.sinkhorn_divergence(x, x, 1e-2, a=a, b=a))) <= 1e-12
     assert float(s_xy) > 0
 
 
 def test_sinkhorn_gradient_matches_finite_differences():
     rng = np.random.default_rng(2)
     x, y = _unit(rng, (6, 3)), _unit(rng, (4, 3))
-    f = jax.jit(lambda z: sj.sinkhorn_divergence(z, y, 5e-2))
+    f = jax.jit(lambda z: sj.mean_field.sinkhorn_divergence(z, y, 5e-2))
     g = np.asarray(jax.grad(f)(jnp.asarray(x)))
     for i, k in ((0, 0), (3, 2), (5, 1)):
         e = np.zeros_like(x)
@@ -67,31 +67,31 @@ def test_mmd_closed_forms():
     kappa = 3.0
     # against the uniform measure on S^2 (a product Gauss rule, exact to round-off
     # for this entire kernel): E_y k(x, y) = (1 - e^{-2 kappa}) / (2 kappa)
-    nodes, w = sj.sphere_quadrature(40, 80)
+    nodes, w = sj.mean_field.sphere_quadrature(40, 80)
     mean = (1 - np.exp(-2 * kappa)) / (2 * kappa)
     ref = np.mean(np.exp(kappa * (x @ x.T - 1))) - mean
-    got = float(sj.mmd2(x, nodes, kappa, b=w / (4 * np.pi)))
+    got = float(sj.mean_field.mmd2(x, nodes, kappa, b=w / (4 * np.pi)))
     assert abs(got - ref) <= 1e-12
     # two Dirac masses: 2 - 2 exp(kappa (<x, y> - 1))
     p, q = x[:1], x[1:2]
     two = 2 - 2 * np.exp(kappa * (float(np.dot(p[0], q[0])) - 1))
-    assert abs(float(sj.mmd2(p, q, kappa)) - two) <= 1e-14
-    assert abs(float(sj.mmd2(x, x, kappa))) <= 1e-14
+    assert abs(float(sj.mean_field.mmd2(p, q, kappa)) - two) <= 1e-14
+    assert abs(float(sj.mean_field.mmd2(x, x, kappa))) <= 1e-14
 
 
 @unchecked()
 def test_measure_bad_input():
     x = np.eye(3)
     with pytest.raises(ValueError, match="epsilon"):
-        sj.sinkhorn_divergence(x, x, 0.0)
+        sj.mean_field.sinkhorn_divergence(x, x, 0.0)
     with pytest.raises(ValueError, match="same `d`"):
-        sj.sinkhorn_divergence(x, np.ones((2, 2)))
+        sj.mean_field.sinkhorn_divergence(x, np.ones((2, 2)))
     with pytest.raises(ValueError, match="`a`"):
-        sj.sinkhorn_divergence(x, x, a=np.ones(2) / 2)
+        sj.mean_field.sinkhorn_divergence(x, x, a=np.ones(2) / 2)
     with pytest.raises(ValueError, match="kappa"):
-        sj.mmd2(x, x, -1.0)
+        sj.mean_field.mmd2(x, x, -1.0)
     with pytest.raises(ValueError, match="divergence"):
-        sj.MeasureLoss(divergence="wasserstein")
+        sj.mean_field.MeasureLoss(divergence="wasserstein")
 
 
 def _cap_and_rotation(n=256, radius=0.5, alpha=0.8, seed=0):
@@ -119,7 +119,7 @@ def test_skew_feedforward_realises_the_rotation():
     carries mu_0 exactly onto mu_1 with the rigid action."""
     x0, x1, A, rigid = _cap_and_rotation(n=64)
     ff = sj.FeedForward(np.eye(3), np.zeros(3), A, np.zeros(3), activation=_identity)
-    loss = sj.MeasureLoss(kinetic=1.0)
+    loss = sj.mean_field.MeasureLoss(kinetic=1.0)
     div, kin = loss.parts(ff, (1.0, jnp.asarray(x0), jnp.asarray(x1)))
     assert abs(float(div)) < 1e-10
     assert abs(float(kin) - rigid) < 1e-4 * rigid  # polygon quadrature of the action
@@ -142,9 +142,9 @@ def test_fit_measure_to_rotated_cap():
     model = sj.Layerwise([layer(), layer()], jnp.array([0.0, 0.5, 1.0]))
     spec = jax.tree.map(eqx.is_inexact_array, model)
     spec = eqx.tree_at(lambda m: m.stacked.fields[0].beta, spec, False)
-    loss = sj.MeasureLoss(kinetic=1e-2, epsilon=1e-2)
+    loss = sj.mean_field.MeasureLoss(kinetic=1e-2, epsilon=1e-2)
     data = (1.0, jnp.asarray(x0), jnp.asarray(x1))
-    model, losses = sj.fit(
+    model, losses = sj.variational.fit(
         model,
         loss,
         data,
@@ -153,7 +153,9 @@ def test_fit_measure_to_rotated_cap():
         progress=False,
         filter_spec=spec,
     )
-    div, kin = jax.jit(sj.MeasureLoss(epsilon=1e-2, tol=1e-10).parts)(model, data)
+    div, kin = jax.jit(sj.mean_field.MeasureLoss(epsilon=1e-2, tol=1e-10).parts)(
+        model, data
+    )
     assert float(div) < 1e-3, float(div)
     assert float(kin) <= 1.1 * rigid, (float(kin), rigid)
     assert float(losses[-1]) < 0.05 * float(losses[0])

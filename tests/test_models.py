@@ -93,7 +93,7 @@ def test_layer_norm_against_numpy():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 8)) * 3 + 1
     g, b = rng.normal(size=(2, 8))
-    ln = sj.LayerNorm(g, b, 1e-5)
+    ln = sj.transformers.LayerNorm(g, b, 1e-5)
     mu = x.mean(-1, keepdims=True)
     ref = g * (x - mu) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) + b
     np.testing.assert_allclose(ln(x), ref, rtol=1e-13)
@@ -115,11 +115,13 @@ def test_tai_transformer_activation_and_nonsquare_feedforward():
         W1, b1, W2, b2, activation=jax.nn.gelu, manifold=sj.Euclidean()
     )
     with pytest.raises(ValueError, match="feedforward_form='residual'"):
-        sj.TaiTransformer(att, ffn)  # non-square and GELU: never a silent ReLU
+        sj.transformers.TaiTransformer(
+            att, ffn
+        )  # non-square and GELU: never a silent ReLU
     square = sj.FeedForward.random(jax.random.PRNGKey(0), N, N, activation=jax.nn.gelu)
     with pytest.raises(ValueError, match="activation"):
-        sj.TaiTransformer(att, square)
-    model = sj.TaiTransformer(att, ffn, feedforward_form="residual")
+        sj.transformers.TaiTransformer(att, square)
+    model = sj.transformers.TaiTransformer(att, ffn, feedforward_form="residual")
     u = rng.normal(size=(n, N))
 
     def ln(v):
@@ -132,7 +134,7 @@ def test_tai_transformer_activation_and_nonsquare_feedforward():
     # h = 1: a post-LN encoder block with the N -> m -> N GELU feed-forward
     u2 = ln(u + np.asarray(att(0.0, jnp.asarray(u))))
     ref = ln(u2 + gelu(u2 @ W1.T + b1) @ W2.T + b2)
-    out = sj.tai_transformer(model, u, 1, 1.0)[-1]
+    out = sj.transformers.tai_transformer(model, u, 1, 1.0)[-1]
     np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
 
 
@@ -141,12 +143,12 @@ def test_tai_transformer_activation_and_nonsquare_feedforward():
 
 @pytest.fixture(scope="module")
 def tiny_bert():
-    return sj.from_huggingface(DATA / "tiny_bert", dtype=jnp.float64)
+    return sj.models.from_huggingface(DATA / "tiny_bert", dtype=jnp.float64)
 
 
 @pytest.fixture(scope="module")
 def tiny_gpt2():
-    return sj.from_huggingface(DATA / "tiny_gpt2", dtype=jnp.float64)
+    return sj.models.from_huggingface(DATA / "tiny_gpt2", dtype=jnp.float64)
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_gpt2"])
@@ -174,7 +176,7 @@ def test_minilm_fixture_without_torch():
         ids, mask, ref = f["input_ids"], f["attention_mask"], f["hidden_states"]
     sentence = sj.models.minilm_dataset().sentences[0]
     np.testing.assert_array_equal(tokenize(path, [sentence])[0], ids)
-    flow = sj.from_huggingface(path, dtype=jnp.float64)
+    flow = sj.models.from_huggingface(path, dtype=jnp.float64)
     assert _valid_error(flow.hidden_states(ids, mask), ref, mask) < 1e-9
 
 
@@ -227,9 +229,9 @@ def test_minilm_matches_transformers():
     ).eval()
     ref32 = _hf_hidden(model, torch, ids, mask)
     ref64 = _hf_hidden(model.double(), torch, ids, mask)
-    flow64 = sj.from_huggingface(path, dtype=jnp.float64)
+    flow64 = sj.models.from_huggingface(path, dtype=jnp.float64)
     assert _valid_error(flow64.hidden_states(ids, mask), ref64, mask) < 1e-9
-    flow32 = sj.from_huggingface(path, dtype=jnp.float32)
+    flow32 = sj.models.from_huggingface(path, dtype=jnp.float32)
     assert _valid_error(flow32.hidden_states(ids, mask), ref32, mask) < 1e-4
 
 
@@ -254,9 +256,9 @@ def test_gpt2_matches_transformers():
     mask[3, 2:] = 0
     ref32 = _hf_hidden(model, torch, ids, mask)
     ref64 = _hf_hidden(model.double(), torch, ids, mask)
-    flow64 = sj.from_huggingface(model, dtype=jnp.float64)
+    flow64 = sj.models.from_huggingface(model, dtype=jnp.float64)
     assert _valid_error(flow64.hidden_states(ids, mask), ref64, mask) < 1e-9
-    flow32 = sj.from_huggingface(model, dtype=jnp.float32)
+    flow32 = sj.models.from_huggingface(model, dtype=jnp.float32)
     assert _valid_error(flow32.hidden_states(ids, mask), ref32, mask) < 1e-4
 
 
@@ -288,10 +290,10 @@ def test_torch_encoder_layers_match(norm_first, activation):
             xs[-1] = enc.norm(xs[-1])
         ref = np.stack([a.double().numpy() for a in xs])
         jdtype = jnp.float64 if dtype == torch.float64 else jnp.float32
-        flow = sj.from_torch_encoder(enc, dtype=jdtype)
+        flow = sj.models.from_torch_encoder(enc, dtype=jdtype)
         hs = flow.hidden_states(xs[0].numpy(), mask)
         assert _valid_error(hs, ref, mask) < tol
-    single = sj.from_torch_encoder(encoder.layers[0], dtype=jnp.float64)
+    single = sj.models.from_torch_encoder(encoder.layers[0], dtype=jnp.float64)
     with torch.no_grad():
         one = encoder.layers[0].double()(x.double()).numpy()
     np.testing.assert_allclose(
@@ -308,15 +310,15 @@ def test_unsupported_model_and_missing_files(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
-        sj.from_huggingface(folder)
+        sj.models.from_huggingface(folder)
     (folder / "config.json").write_text(json.dumps({**config, "rope_theta": 1e4}))
     with pytest.raises(ValueError, match="rope_theta"):
-        sj.from_huggingface(folder)
+        sj.models.from_huggingface(folder)
     (folder / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        sj.from_huggingface(folder)
+        sj.models.from_huggingface(folder)
     with pytest.raises(ValueError, match="in-memory `transformers` model"):
-        sj.from_huggingface(object())
+        sj.models.from_huggingface(object())
 
 
 def test_bad_ids_and_masks(tiny_bert):
@@ -340,18 +342,20 @@ def test_bad_ids_and_masks(tiny_bert):
 def test_missing_torch_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
     with pytest.raises(ImportError, match=r"spherejax\[real\]"):
-        sj.from_torch_encoder(object())
+        sj.models.from_torch_encoder(object())
 
 
 def test_transformer_layer_norm_arguments(tiny_gpt2):
     x = np.zeros((3, 16))
-    ln = sj.LayerNorm(np.ones(16), np.zeros(16), 1e-5)
+    ln = sj.transformers.LayerNorm(np.ones(16), np.zeros(16), 1e-5)
     with pytest.raises(ValueError, match="one `LayerNorm` per sub-layer"):
-        sj.transformer(tiny_gpt2.field, x, 2, 1.0, norm="pre", split=True,
+        sj.transformers.transformer(tiny_gpt2.field, x, 2, 1.0, norm="pre", split=True,
                        layer_norms=(ln,))  # fmt: skip
     with pytest.raises(ValueError, match="needs `norm='post'` or `norm='pre'`"):
-        sj.transformer(tiny_gpt2.field, x, 2, 1.0, norm="none", layer_norms=(ln,))
+        sj.transformers.transformer(
+            tiny_gpt2.field, x, 2, 1.0, norm="none", layer_norms=(ln,)
+        )
     with pytest.raises(ValueError, match="same shape"):
-        sj.LayerNorm(np.ones(16), np.zeros(15))
+        sj.transformers.LayerNorm(np.ones(16), np.zeros(15))
     with pytest.raises(ValueError, match="`eps`"):
-        sj.LayerNorm(np.ones(16), np.zeros(16), -1.0)
+        sj.transformers.LayerNorm(np.ones(16), np.zeros(16), -1.0)

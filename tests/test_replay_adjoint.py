@@ -218,7 +218,7 @@ def test_shooting_loss(getkey):
     guess = sj.SelfAttention.identity(D, 1.0)
 
     def grad(adjoint):
-        loss = sj.ShootingLoss(adjoint=adjoint, rtol=1e-10, atol=1e-10)
+        loss = sj.variational.ShootingLoss(adjoint=adjoint, rtol=1e-10, atol=1e-10)
         return eqx.filter_grad(lambda f: loss(f, (ts, paths)))(guess)
 
     _assert_close_trees(grad(sj.ReplayAdjoint(max_steps=1024)), grad(None), 1e-7)

@@ -351,11 +351,11 @@ def test_tracking_fit_rejects_decreasing_ts(tokens):
     ts = jnp.asarray([0.0, 0.2, 0.1, 0.3])
     paths = jnp.stack([tokens] * 4)
     with pytest.raises(Exception, match="`ts` must be strictly increasing"):
-        sj.action(paths, ts, sj.Kinetic(), sj.Sphere())
+        sj.variational.action(paths, ts, sj.variational.Kinetic(), sj.Sphere())
     with pytest.raises(Exception, match="`ts` must be strictly increasing"):
-        sj.fit(
+        sj.variational.fit(
             sj.SelfAttention.identity(D, 1.0),
-            sj.TrackingLoss(),
+            sj.variational.TrackingLoss(),
             (ts, paths),
             optimizer=standard_promotion(optax.adam(1e-2)),
             steps=2,
@@ -365,12 +365,14 @@ def test_tracking_fit_rejects_decreasing_ts(tokens):
 
 def test_transformer_rejects_nonfinite_h(field, tokens):
     with pytest.raises(ValueError, match="`h` contains NaN"):
-        sj.transformer(field, tokens, num_layers=2, h=np.nan)
+        sj.transformers.transformer(field, tokens, num_layers=2, h=np.nan)
     with pytest.raises(ValueError, match="`t0` contains NaN or inf"):
-        sj.transformer(field, tokens, num_layers=2, h=0.1, t0=np.inf)
+        sj.transformers.transformer(field, tokens, num_layers=2, h=0.1, t0=np.inf)
     with pytest.raises(Exception, match="`h` contains NaN"):
         jax.block_until_ready(
-            jax.jit(lambda h: sj.transformer(field, tokens, num_layers=2, h=h))(jnp.nan)
+            jax.jit(
+                lambda h: sj.transformers.transformer(field, tokens, num_layers=2, h=h)
+            )(jnp.nan)
         )
 
 
@@ -378,7 +380,7 @@ def test_fit_stops_on_a_nonfinite_loss():
     # loss sqrt(a) from a = 1 with SGD at rate 10: step 0 has loss 1 and gradient
     # 1/2, so a = 1 - 10/2 = -4 and the loss at step 1 is NaN
     with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
-        sj.fit(
+        sj.variational.fit(
             {"a": jnp.asarray(1.0)},
             lambda m, data: jnp.sqrt(m["a"]),
             None,

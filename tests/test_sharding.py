@@ -60,20 +60,22 @@ def test_token_sharded_field_and_solve_equal_one_device(results):
 
 
 def test_bad_sharding_arguments():
-    mesh = sj.make_mesh(1)
+    mesh = sj.sharding.make_mesh(1)
     with pytest.raises(ValueError, match="num_devices"):
-        sj.make_mesh(10_000)
+        sj.sharding.make_mesh(10_000)
     with pytest.raises(ValueError, match="sinkhorn"):
-        sj.TokenSharded(
+        sj.sharding.TokenSharded(
             sj.SelfAttention.identity(3, 1.0, normalization="sinkhorn"), mesh
         )
     with pytest.raises(ValueError, match="not an axis"):
-        sj.shard_tokens(jnp.ones((4, 3)), mesh, axis="tokens")
+        sj.sharding.shard_tokens(jnp.ones((4, 3)), mesh, axis="tokens")
     with unchecked(), pytest.raises(ValueError, match="batch, n, d"):
-        sj.sharded_solve(
+        sj.sharding.sharded_solve(
             sj.SelfAttention.identity(3, 1.0), jnp.ones((4, 3)), 1.0, mesh=mesh
         )
     # one device: the wrapper is the plain field
     x = sj.Sphere().random(__import__("jax").random.PRNGKey(0), (6, 3))
     f = sj.SelfAttention.identity(3, 2.0, causal=True)
-    np.testing.assert_allclose(sj.TokenSharded(f, mesh)(0.0, x), f(0.0, x), atol=1e-14)
+    np.testing.assert_allclose(
+        sj.sharding.TokenSharded(f, mesh)(0.0, x), f(0.0, x), atol=1e-14
+    )

@@ -138,7 +138,7 @@ def test_post_ln_stack_converges_order_one(sphere_problem, split, tangent):
         float(
             jnp.max(
                 jnp.abs(
-                    sj.transformer(
+                    sj.transformers.transformer(
                         field, x0, L, 1.0 / L, split=split, tangent=tangent, final=True
                     )
                     - ref
@@ -150,11 +150,11 @@ def test_post_ln_stack_converges_order_one(sphere_problem, split, tangent):
     assert abs(slope(1.0 / np.array(Ls), errs) - 1.0) < 0.3, errs
     assert errs[-1] < 0.05
     if not split and tangent:
-        xs = sj.transformer(field, x0, 16, 1.0 / 16)
+        xs = sj.transformers.transformer(field, x0, 16, 1.0 / 16)
         assert xs.shape == (17,) + x0.shape
         assert float(sj.Sphere().violation(xs)) <= 1e-12
         # the full stack and the final-only loop are the same computation
-        final = sj.transformer(field, x0, 16, 1.0 / 16, final=True)
+        final = sj.transformers.transformer(field, x0, 16, 1.0 / 16, final=True)
         np.testing.assert_allclose(xs[-1], final, atol=1e-14)
 
 
@@ -175,12 +175,19 @@ def test_pre_and_none_stacks(sphere_problem):
 
     ref_pre = dop853(pre_rhs, x0, 0.0, T)
     # the polar ODE on RadiusSphere reproduces it
-    flow = sj.PreLNFlow(field)
+    flow = sj.transformers.PreLNFlow(field)
     sol = sj.solve(
-        flow, sj.to_polar(x0), T, rtol=1e-11, atol=1e-11, ts=jnp.linspace(0.0, T, 5)
+        flow,
+        sj.transformers.to_polar(x0),
+        T,
+        rtol=1e-11,
+        atol=1e-11,
+        ts=jnp.linspace(0.0, T, 5),
     )
-    assert float(sj.RadiusSphere().violation(sol.ys)) <= 1e-12
-    np.testing.assert_allclose(sj.from_polar(sol.ys[-1]), ref_pre, atol=1e-8)
+    assert float(sj.transformers.RadiusSphere().violation(sol.ys)) <= 1e-12
+    np.testing.assert_allclose(
+        sj.transformers.from_polar(sol.ys[-1]), ref_pre, atol=1e-8
+    )
     # the radius changes: the stream is not normalised
     assert float(jnp.max(jnp.abs(sol.ys[-1, :, 0] - 1.0))) > 0.05
 
@@ -189,7 +196,9 @@ def test_pre_and_none_stacks(sphere_problem):
         float(
             jnp.max(
                 jnp.abs(
-                    sj.transformer(field, x0, L, T / L, norm="pre", final=True)
+                    sj.transformers.transformer(
+                        field, x0, L, T / L, norm="pre", final=True
+                    )
                     - ref_pre
                 )
             )
@@ -201,7 +210,7 @@ def test_pre_and_none_stacks(sphere_problem):
     # no normalisation: explicit Euler on R^d
     eu = sj.SelfAttention(Q, K, V, beta, manifold=sj.Euclidean())
     ref_none = dop853(lambda t, x: np_raw_attention(x, Q, K, V, beta), x0, 0.0, T)
-    xs = sj.transformer(eu, x0, 2, 0.5, norm="none")
+    xs = sj.transformers.transformer(eu, x0, 2, 0.5, norm="none")
     np.testing.assert_allclose(
         xs[1], x0 + 0.5 * np_raw_attention(x0, Q, K, V, beta), atol=1e-13
     )
@@ -209,7 +218,10 @@ def test_pre_and_none_stacks(sphere_problem):
         float(
             jnp.max(
                 jnp.abs(
-                    sj.transformer(eu, x0, L, T / L, norm="none", final=True) - ref_none
+                    sj.transformers.transformer(
+                        eu, x0, L, T / L, norm="none", final=True
+                    )
+                    - ref_none
                 )
             )
         )
@@ -222,13 +234,15 @@ def test_transformer_rejects_bad_input(getkey):
     field = sj.SelfAttention.identity(3, 1.0)
     x0 = sj.Sphere().random(getkey(), (4, 3))
     with pytest.raises(ValueError, match="norm"):
-        sj.transformer(field, x0, 2, 0.1, norm="layer")
+        sj.transformers.transformer(field, x0, 2, 0.1, norm="layer")
     with unchecked(), pytest.raises(ValueError, match="num_layers"):
-        sj.transformer(field, x0, 2.5, 0.1)
+        sj.transformers.transformer(field, x0, 2.5, 0.1)
     with pytest.raises(ValueError, match="Sphere"):
-        sj.PreLNFlow(sj.SelfAttention.identity(3, 1.0, manifold=sj.LayerNormSphere()))
+        sj.transformers.PreLNFlow(
+            sj.SelfAttention.identity(3, 1.0, manifold=sj.LayerNormSphere())
+        )
     with pytest.raises(ValueError, match="std"):
-        sj.MovingLayerNorm(mean=0.0, std=-1.0)
+        sj.transformers.MovingLayerNorm(mean=0.0, std=-1.0)
 
 
 # ---------------------------------------------------------------- collapse rates
@@ -260,7 +274,12 @@ def test_post_ln_exponential_vs_pre_ln_polynomial_collapse():
     # Pre-LN: 1 - rho ~ t^{-2}
     ts = jnp.geomspace(30.0, 300.0, 6)
     sol = sj.solve(
-        sj.PreLNFlow(field), sj.to_polar(x0), 300.0, ts=ts, rtol=1e-10, atol=1e-14
+        sj.transformers.PreLNFlow(field),
+        sj.transformers.to_polar(x0),
+        300.0,
+        ts=ts,
+        rtol=1e-10,
+        atol=1e-14,
     )
     gap = _one_minus_rho(sol.ys[..., 1:])
     pre_power = -np.polyfit(np.log(np.asarray(ts)), np.log(gap), 1)[0]
@@ -272,7 +291,7 @@ def test_post_ln_exponential_vs_pre_ln_polynomial_collapse():
 
 # ------------------------------------------------ LayerNorm and ReLU projections
 def test_layernorm_projection_is_nearest_point_of_moving_set():
-    con = sj.MovingLayerNorm(
+    con = sj.transformers.MovingLayerNorm(
         mean=lambda t: 0.5 + t**2, std=lambda t: 1.0 + 0.5 * jnp.sin(t)
     )
     rng = np.random.default_rng(1)
@@ -320,7 +339,7 @@ def test_layernorm_projection_is_nearest_point_of_moving_set():
 def test_relu_is_projection_onto_positive_cone():
     rng = np.random.default_rng(2)
     v = rng.normal(size=(5, 7))
-    p = np.asarray(sj.relu_projection(v))
+    p = np.asarray(sj.transformers.relu_projection(v))
     assert np.all(p >= 0)
     # KKT for the cone {u >= 0}: v - p <= 0 and complementary slackness
     assert np.all(v - p <= 0) and np.allclose(p * (v - p), 0.0)
@@ -340,11 +359,11 @@ def test_tai_splitting_at_h1_equals_numpy_post_ln_encoder():
         expected.append(np_encoder_block(expected[-1], p, heads))
     fields = [block_to_fields(p, heads) for p in blocks]
     times = np.arange(L + 1.0)
-    model = sj.TaiTransformer(
+    model = sj.transformers.TaiTransformer(
         sj.Layerwise([f[0] for f in fields], times),
         sj.Layerwise([f[1] for f in fields], times),
     )
-    us = sj.tai_transformer(model, u0, L, 1.0)
+    us = sj.transformers.tai_transformer(model, u0, L, 1.0)
     # ReLU actually clips something, so the test exercises the S2 projection
     u2 = np_layernorm(
         u0 + np_multihead(u0, *(blocks[0][k] for k in ("Wq", "Wk", "Wv", "Wo")), heads)
@@ -361,7 +380,7 @@ def test_tai_splitting_at_h1_equals_numpy_post_ln_encoder():
         ],
         times,
     )
-    xs = sj.transformer(stack, u0, L, 1.0, split=True, tangent=False)
+    xs = sj.transformers.transformer(stack, u0, L, 1.0, split=True, tangent=False)
     err2 = max(np.max(np.abs(np.asarray(xs[k]) - expected[k])) for k in range(1, L + 1))
     assert err2 < 1e-12, err2
 
@@ -393,16 +412,18 @@ def tai_problem():
             )
         )
     # sigma1 > sqrt(N - 1) sigma2: S1(t) inside {u > 0}, ReLU inactive (smooth limit)
-    con = sj.MovingLayerNorm(
+    con = sj.transformers.MovingLayerNorm(
         mean=lambda t: 3.0 + 0.5 * t, std=lambda t: 1.0 + 0.2 * jnp.sin(2 * t)
     )
-    model = sj.TaiTransformer(sj.Layerwise(atts, times), sj.Layerwise(ffns, times), con)
+    model = sj.transformers.TaiTransformer(
+        sj.Layerwise(atts, times), sj.Layerwise(ffns, times), con
+    )
     u0 = np.asarray(con.project(0.0, rng.normal(size=(n, N))))
     # reference: DOP853 on the u-coordinate velocity (normal motion + tangent part),
     # layer by layer
     u = u0
     for k in range(L):
-        mk = sj.TaiTransformer(atts[k], ffns[k], con).flow()
+        mk = sj.transformers.TaiTransformer(atts[k], ffns[k], con).flow()
         vel = eqx.filter_jit(lambda m, t, x: m.velocity(t, x))
         u = dop853(
             lambda t, x: vel(mk, jnp.asarray(t), jnp.asarray(x)),
@@ -435,7 +456,9 @@ def test_tai_splitting_orders(tai_problem, scheme, order):
     steps = [8, 16, 32]
     errs, viols = [], []
     for S in steps:
-        u = sj.tai_transformer(model, u0, S, T / S, scheme=scheme, final=True)
+        u = sj.transformers.tai_transformer(
+            model, u0, S, T / S, scheme=scheme, final=True
+        )
         errs.append(float(jnp.max(jnp.abs(u - ref))))
         viols.append(float(model.constraint.violation(T, u)))
     s = slope(T / np.array(steps), errs)
@@ -453,7 +476,7 @@ def test_gradient_through_stack_matches_finite_differences():
     @jax.jit
     def loss(beta):
         field = sj.SelfAttention(Q, K, V, beta, manifold=sj.LayerNormSphere())
-        return jnp.sum(c * sj.transformer(field, x0, 8, 0.25)[-1])
+        return jnp.sum(c * sj.transformers.transformer(field, x0, 8, 0.25)[-1])
 
     beta = jnp.asarray(0.8)
     g = float(jax.grad(loss)(beta))

@@ -62,7 +62,7 @@ def write_temporary(path: str | os.PathLike, data: bytes) -> str:
 
 def write_temporary_with(path: str | os.PathLike, write: Callable[[str], None]) -> str:
     """A temporary file next to `path` that `write(name)` replaces whole (e.g.
-    `spherejax.save`, itself atomic); removed if `write` fails."""
+    `spherejax.io.save`, itself atomic); removed if `write` fails."""
     fd, tmp = _mkstemp(path)
     os.close(fd)
     try:

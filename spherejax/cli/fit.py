@@ -78,15 +78,21 @@ def fit_command(options: dict) -> dict:
     )
     trainable = _trainable_qkv(model)
     if o["loss"] == "tracking":
-        loss = sj.TrackingLoss()
+        loss = sj.variational.TrackingLoss()
     else:
-        loss = sj.ShootingLoss(rtol=o["rtol"], atol=o["rtol"] * 1e-2)
+        loss = sj.variational.ShootingLoss(rtol=o["rtol"], atol=o["rtol"] * 1e-2)
 
     @jax.jit
     def residual(m, data):
         t, paths = data
-        track = jax.vmap(lambda p: sj.action(p, t, sj.Tracking(m), sj.Sphere()))(paths)
-        kin = jax.vmap(lambda p: sj.action(p, t, sj.Kinetic(), sj.Sphere()))(paths)
+        track = jax.vmap(
+            lambda p: sj.variational.action(
+                p, t, sj.variational.Tracking(m), sj.Sphere()
+            )
+        )(paths)
+        kin = jax.vmap(
+            lambda p: sj.variational.action(p, t, sj.variational.Kinetic(), sj.Sphere())
+        )(paths)
         return jnp.sqrt(jnp.sum(track) / jnp.sum(kin))
 
     optimizer = optax.lbfgs() if o["optimizer"] == "lbfgs" else optax.adam(o["lr"])
@@ -108,7 +114,7 @@ def fit_command(options: dict) -> dict:
         )
     )
     start = time.perf_counter()
-    fitted, losses = sj.fit(
+    fitted, losses = sj.variational.fit(
         model,
         loss,
         train,
@@ -139,7 +145,7 @@ def fit_command(options: dict) -> dict:
     )
 
     out = Outputs(o["out"])
-    field_path = out.stage_model("field.sjx", fitted, sj.field_hyperparams(fitted))
+    field_path = out.stage_model("field.sjx", fitted, sj.io.field_hyperparams(fitted))
     png = out.stage("fit.png", png_bytes(plot_losses(losses, o["loss"]), 110))
     summary = dict(
         command="fit",

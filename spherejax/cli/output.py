@@ -73,13 +73,13 @@ class Outputs:
         return self.stage_with(name, lambda final: files.write_temporary(final, data))
 
     def stage_model(self, name: str, model, hyperparams: dict) -> str:
-        """Stage `spherejax.save(name, model, hyperparams)`; returns the final
+        """Stage `spherejax.io.save(name, model, hyperparams)`; returns the final
         path."""
         import spherejax as sj
 
         def write(final):
             return files.write_temporary_with(
-                final, lambda tmp: sj.save(tmp, model, hyperparams)
+                final, lambda tmp: sj.io.save(tmp, model, hyperparams)
             )
 
         return self.stage_with(name, write)

@@ -61,7 +61,7 @@ HELP = {
     "x64": "float64 (default float32)",
     "out": "output folder",
     "x0": ".npy file of initial tokens, shape (n, d), on the unit sphere",
-    "field": "field file written by spherejax.save (e.g. out/field.sjx)",
+    "field": "field file written by spherejax.io.save (e.g. out/field.sjx)",
     "progress": "show diffrax's progress meter (tqdm if installed) during the solve",
 }
 

@@ -69,7 +69,7 @@ def _load_field(path: str):
     import spherejax as sj
 
     try:
-        return sj.load(path, like=sj.field_from_hyperparams)
+        return sj.io.load(path, like=sj.io.field_from_hyperparams)
     except ValueError as e:
         raise ValueError(f"--field {path}: {e}") from None
     except (OSError, MemoryError):
@@ -185,7 +185,7 @@ def simulate(options: dict, explicit: AbstractSet[str] = frozenset()) -> dict:
     png = out.stage("simulate.png", png_bytes(figure, 110))
     out.stage("simulate.npz", npz_bytes(ts=ts_np, ys=ys_np, energy=energy))
     field_path = out.path("field.sjx")
-    out.stage_model("field.sjx", field, sj.field_hyperparams(field))
+    out.stage_model("field.sjx", field, sj.io.field_hyperparams(field))
     summary = dict(
         command="simulate",
         n=n,

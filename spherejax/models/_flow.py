@@ -34,7 +34,7 @@ $P_z(\gamma\odot z)$ (zero for $\gamma = 1$), $\beta$ as a constant drift, the
 attention biases through the logits and values, and $\varepsilon$ through the
 radius (post-LN) or the normalisation inside the field (pre-LN). At $m = 1$ the
 Lie scheme *is* the network: `hidden_states` runs it with
-`spherejax.transformer(..., h=1, layer_norms=...)`.
+`spherejax.transformers.transformer(..., h=1, layer_norms=...)`.
 """
 
 import math

@@ -3,7 +3,7 @@ cached copy of a few of them, and what is needed to fit a layerwise flow to them
 and judge the fit.
 
 all-MiniLM-L6-v2 is a 6-layer post-LN BERT encoder ($d = 384$, 12 heads). As an
-attention flow (`spherejax.from_huggingface`, module `spherejax.models._flow`) it
+attention flow (`spherejax.models.from_huggingface`, module `spherejax.models._flow`) it
 moves the normalised states $z_0, \dots, z_6 \in \mathbb R^{n \times d}$,
 $z_k = N_\varepsilon(u_k)$ the LayerNorm (without affine map,
 $\varepsilon = 10^{-12}$) of the last residual sum $u_k$: they lie on the LayerNorm
@@ -76,11 +76,12 @@ def minilm_trajectories(
     hidden states).
 
     Each sentence is tokenised on its own (`[CLS] ... [SEP]`, no padding) and run
-    through the imported model (`spherejax.from_huggingface`, in JAX). The result for
-    a sentence of $n$ tokens has shape `(7, n, 384)`: the states $z_0, \dots, z_6$
-    that the network moves on the LayerNorm manifold (see the module docstring, also on
-    the API page "Real Transformers"), or with `readout=True` the hidden states $h_k =
-    \gamma_k \odot z_k + \beta_k$ that Hugging Face's `output_hidden_states` gives.
+    through the imported model (`spherejax.models.from_huggingface`, in JAX). The
+    result for a sentence of $n$ tokens has shape `(7, n, 384)`: the states
+    $z_0, \dots, z_6$ that the network moves on the LayerNorm manifold (see the module
+    docstring, also on the API page "Real Transformers"), or with `readout=True` the
+    hidden states $h_k = \gamma_k \odot z_k + \beta_k$ that Hugging Face's
+    `output_hidden_states` gives.
     Layer $k$ is the path's point at time $t = k$.
 
     **Arguments:**
@@ -187,9 +188,10 @@ def interval_actions(
     S^{[t_k, t_{k+1}]}_{\text{track}} = \int_{t_k}^{t_{k+1}} \tfrac12 \sum_i
     |\dot x_i - X_i(t, x)|^2 dt,$$
 
-    each computed with `spherejax.action(..., Tracking(field), manifold)` on the
-    two-point path $(x_k, x_{k+1})$ (a geodesic, midpoint rule). Summed over $k$ and
-    divided by $t_{T-1} - t_0$ this is `spherejax.TrackingLoss()(field, (ts, paths))`.
+    each computed with `spherejax.variational.action(..., Tracking(field), manifold)`
+    on the two-point path $(x_k, x_{k+1})$ (a geodesic, midpoint rule). Summed over
+    $k$ and divided by $t_{T-1} - t_0$ this is
+    `spherejax.variational.TrackingLoss()(field, (ts, paths))`.
 
     **Arguments:** the field, times `(T,)`, paths `(B, T, n, d)` (or `(T, n, d)`) and
     the manifold (default `field.manifold`).
@@ -219,7 +221,7 @@ def constant_velocity_baseline(
     On $[t_k, t_{k+1})$ the field is $X(t, x)_i = P_{x_i} c_k$: one ambient vector
     $c_k \in \mathbb R^d$ shared by every token of every sequence (projected on each
     token's tangent space), $d$ numbers per interval. $c_k$ minimises the discrete
-    tracking action that `spherejax.action` evaluates (field at the geodesic
+    tracking action that `spherejax.variational.action` evaluates (field at the geodesic
     midpoints $m_{bi}$, velocities $v_{bi}$ there),
 
     $$\min_{c}\ \sum_{b,i} \tfrac12 |v_{bi} - P_{m_{bi}} c|^2

@@ -1,0 +1,20 @@
+"""Discrete Transformers as time discretisations of attention flows: residual stacks
+(`transformer`), `LayerNorm`, the pre-LN flow on `RadiusSphere` with its polar
+coordinates, and the operator splitting of Tai, Liu, Li and Chan."""
+
+from .._tai import (
+    MovingLayerNorm as MovingLayerNorm,
+    TaiFlow as TaiFlow,
+    TaiTransformer as TaiTransformer,
+    relu_projection as relu_projection,
+    tai_transformer as tai_transformer,
+)
+from .._transformer import (
+    LayerNorm as LayerNorm,
+    PreLNFlow as PreLNFlow,
+    RadiusSphere as RadiusSphere,
+    from_polar as from_polar,
+    to_polar as to_polar,
+    transformer as transformer,
+    unprojected as unprojected,
+)
