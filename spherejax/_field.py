@@ -175,7 +175,7 @@ class AbstractAttention(AbstractField):
     beta: eqx.AbstractVar[Float[Array, ""]]
     weights: eqx.AbstractVar[Float[Array, " n"] | None]
     normalization: eqx.AbstractVar[AbstractNormalization]
-    mask: eqx.AbstractVar[tuple[AbstractMask, ...]]
+    mask: eqx.AbstractVar[tuple[AbstractMask, ...] | None]
     position: eqx.AbstractVar[AbstractPosition | None]
     evaluation: eqx.AbstractVar[AbstractEvaluation]
 
@@ -197,9 +197,17 @@ class AbstractAttention(AbstractField):
         return self.manifold.to_tangent(y, self.attention(y))
 
     @property
+    def masks(self) -> tuple[AbstractMask, ...]:
+        """The masks, all applying (an empty tuple for none). The field `mask`
+        holds `None` rather than `()` for no mask: the empty tuple is one shared
+        object, which `equinox.tree_at` (used by diffrax's adjoints) cannot tell
+        apart from other empty tuples."""
+        return () if self.mask is None else self.mask
+
+    @property
     def causal(self) -> bool:
         """Whether a `Causal` mask is among the masks."""
-        return any(type(m) is Causal for m in self.mask)
+        return any(type(m) is Causal for m in self.masks)
 
     @property
     def chunk_size(self) -> int | None:
@@ -210,7 +218,7 @@ class AbstractAttention(AbstractField):
     @property
     def key_mask(self) -> Array | None:
         """The array of the first `KeyMask` among the masks, if any."""
-        for m in self.mask:
+        for m in self.masks:
             if isinstance(m, KeyMask):
                 return m.mask
         return None
@@ -227,14 +235,14 @@ class AbstractAttention(AbstractField):
             v,
             beta,
             self._log_weights(dtype),
-            self.mask,
+            self.masks,
             qidx,
             kidx,
         )
 
     def _check_common(self, y: Array, heads: int) -> None:
         _check_weight_count(y, self.weights)
-        for m in self.mask:
+        for m in self.masks:
             m.check(y.shape[-2], heads)
         self.evaluation.check(self.normalization, y.shape[-1])
 
@@ -289,7 +297,7 @@ class SelfAttention(AbstractAttention):
     beta: Float[Array, ""]
     weights: Float[Array, " n"] | None
     normalization: AbstractNormalization
-    mask: tuple[AbstractMask, ...]
+    mask: tuple[AbstractMask, ...] | None
     position: AbstractPosition | None
     evaluation: AbstractEvaluation
     manifold: AbstractManifold
@@ -369,7 +377,7 @@ class SelfAttention(AbstractAttention):
         self.beta = _scalar("beta", beta)
         self.weights = _check_weights(weights)
         self.normalization = normalization
-        self.mask = masks
+        self.mask = masks or None  # `None`, not `()`: see `AbstractAttention`
         self.position = position
         self.manifold = manifold
         self.query_bias = _bias("query_bias", query_bias, (h, k))
@@ -397,7 +405,7 @@ class SelfAttention(AbstractAttention):
         )
         return (
             any(a is not None for a in extras)
-            or any(type(m) is not Causal for m in self.mask)
+            or any(type(m) is not Causal for m in self.masks)
             or self.K.shape[0] != self.Q.shape[0]
         )
 
@@ -467,7 +475,7 @@ class SelfAttention(AbstractAttention):
         q, k = queries_keys(Q, K, qb, kb, self.position, y, idx, y, idx)
         lw = self._log_weights(dt)
         lw = uniform_log_weights(n, dt) if lw is None else lw
-        fn = mask_fn(self.mask)
+        fn = mask_fn(self.masks)
         m = None if fn is None else fn(idx, idx)
         s = jnp.einsum("hic,hjc->hij", q, k)
         return self.normalization.matrix(s, self.beta.astype(dt), lw, m)
@@ -541,7 +549,7 @@ class IdentityAttention(AbstractAttention):
     beta: Float[Array, ""]
     weights: Float[Array, " n"] | None
     normalization: AbstractNormalization
-    mask: tuple[AbstractMask, ...]
+    mask: tuple[AbstractMask, ...] | None
     position: AbstractPosition | None
     evaluation: AbstractEvaluation
     manifold: AbstractManifold
@@ -577,7 +585,7 @@ class IdentityAttention(AbstractAttention):
         self.beta = _scalar("beta", beta)
         self.weights = _check_weights(weights)
         self.normalization = normalization
-        self.mask = masks
+        self.mask = masks or None  # `None`, not `()`: see `AbstractAttention`
         self.position = position
         self.manifold = manifold
 
@@ -587,7 +595,7 @@ class IdentityAttention(AbstractAttention):
             d,
             self.beta,
             normalization=self.normalization,
-            mask=self.mask,
+            mask=self.masks,
             position=self.position,
             evaluation=self.evaluation,
             weights=self.weights,

@@ -364,7 +364,7 @@ def field_hyperparams(field) -> dict:
         present.append("position")
     if field.O is not None or field.K.shape[0] != field.Q.shape[0]:
         present.append("grouped or factorised heads")
-    if any(type(m) is not Causal for m in field.mask) and field.key_mask is None:
+    if any(type(m) is not Causal for m in field.masks) and field.key_mask is None:
         present.append("masks other than `Causal()`")
     name = normalization_name(field.normalization)
     if name is None:
