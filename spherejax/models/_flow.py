@@ -80,7 +80,9 @@ def _with_key_mask(field: AbstractField, key_mask: Array | None) -> AbstractFiel
             mask = jnp.broadcast_to(key_mask, (num_layers, *key_mask.shape))
         # the stacked layers index the mask's leading axis like every parameter
         key = eqx.tree_at(lambda m: m.mask, KeyMask(key_mask), mask)
-        return eqx.tree_at(lambda m: m.mask, a, (*a.masks, key))
+        return eqx.tree_at(
+            lambda m: m.mask, a, (*a.masks, key), is_leaf=lambda x: x is None
+        )
 
     return jax.tree.map(set_mask, field, is_leaf=is_attention)
 
