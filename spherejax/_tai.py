@@ -37,15 +37,17 @@ composition of the two sub-flows with second-order sub-steps converges at order 
 
 from collections.abc import Callable
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._field import AbstractField, FeedForward, Layerwise
-from ._manifold import LayerNormSphere, _dot
+from ._manifold import Euclidean, LayerNormSphere, _dot
 from ._misc import safe_norm
-from ._transformer import _all_states, _last_state, _steps_and_tokens
+from ._solver.base import AbstractManifoldSolver
+from ._transformer import _steps_and_tokens, fixed_steps
 
 
 def relu_projection(v: ArrayLike) -> Array:
@@ -413,16 +415,73 @@ def tai_transformer(
     return _run(model, u0, h, t0, num_steps, scheme)
 
 
-def _step_fn(model, scheme, h, t0, dtype):
-    step = model.lie_step if scheme == "lie" else model.strang_step
-    return lambda u, k: step(t0 + jnp.asarray(k).astype(dtype) * h, u, h)
+class TaiVelocity(AbstractField):
+    r"""The velocity of `TaiTransformer`'s continuous-time limit in the `u`
+    coordinates on the moving set $S_1(t)$ (`TaiFlow.velocity`), as a field on
+    `Euclidean()`: the vector field of the ODE that `TaiSplitting` steps."""
+
+    model: TaiTransformer
+    manifold: Euclidean = Euclidean()
+
+    def __call__(self, t, y, args=None):
+        del args
+        return TaiFlow(self.model).velocity(jnp.asarray(t, y.dtype), y)
+
+
+class TaiSplitting(AbstractManifoldSolver):
+    r"""One step of `TaiTransformer`'s splitting as a fixed-step solver:
+    `scheme="lie"` (the six sub-steps, `model.lie_step`; order 1) or `"strang"`
+    (the symmetric composition, `model.strang_step`; order 2), from $S_1(t_0)$ to
+    $S_1(t_1)$. The vector field it steps is `TaiVelocity(model)`; no error
+    estimate."""
+
+    model: TaiTransformer
+    scheme: str = eqx.field(static=True, default="lie")
+    manifold: Euclidean = Euclidean()
+
+    term_structure = diffrax.ODETerm
+    interpolation_cls = diffrax.LocalLinearInterpolation
+
+    def order(self, terms):
+        del terms
+        return 1 if self.scheme == "lie" else 2
+
+    def init(self, terms, t0, t1, y0, args):
+        del terms, t0, t1, y0, args
+        return None
+
+    def single_step(self, terms, t0, t1, y0, args):
+        del args
+        step = self.model.lie_step if self.scheme == "lie" else self.model.strang_step
+        return step(t0, y0, terms.contr(t0, t1))
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del solver_state, made_jump
+        y1 = self.single_step(terms, t0, t1, y0, args)
+        return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+
+TaiVelocity.__init__.__doc__ = """**Arguments:**
+
+- `model`: a `TaiTransformer`.
+"""
+TaiSplitting.__init__.__doc__ = """**Arguments:**
+
+- `model`: a `TaiTransformer`.
+- `scheme`: `"lie"` or `"strang"`.
+"""
 
 
 @eqx.filter_jit
 def _run(model, u0, h, t0, num_steps, scheme):
-    return _all_states(_step_fn(model, scheme, h, t0, u0.dtype), u0, num_steps)
+    solver = TaiSplitting(model, scheme)
+    return fixed_steps(TaiVelocity(model), solver, u0, t0, h, num_steps, False)
 
 
 @eqx.filter_jit
 def _run_last(model, u0, h, t0, num_steps, scheme):
-    return _last_state(_step_fn(model, scheme, h, t0, u0.dtype), u0, num_steps)
+    solver = TaiSplitting(model, scheme)
+    return fixed_steps(TaiVelocity(model), solver, u0, t0, h, num_steps, True)
