@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._field import Layerwise
-from .._manifold import AbstractManifold, Euclidean
+from .._manifold import AbstractManifold
 from .base import AbstractManifoldSolver
 from .splitting import _find_field
 
@@ -100,9 +100,11 @@ class AbstractLayerUpdate(AbstractManifoldSolver):
     selected for the layer. `norm` holds one set of parameters, or one per layer
     (LayerNorm `(L, d)`), then chosen by the layer boundaries `times`.
 
-    The state need not lie on a manifold (pre-LN: the residual stream); `manifold`
-    is where it is kept (`Euclidean()` unless the rule retracts onto a manifold),
-    and what a splitting projects onto after each sub-step.
+    The state need not lie on a manifold (pre-LN: the residual stream; post-LN
+    with $\varepsilon > 0$: the image of $N_\varepsilon$). `manifold` is where
+    `spherejax.solve` and the splittings keep it (a splitting projects onto it
+    after each sub-step): give the rule a field on `Euclidean()` (e.g.
+    `unprojected(field)`) to leave the rule's normalisation the only one.
     """
 
     norm: eqx.AbstractVar[Any]
@@ -147,8 +149,8 @@ _rule_doc = """**Arguments:**
   Anything with `normalize(x)`, `affine(z)`, `__call__(x)`, `layered` and `at(k)`.
 - `times`: the layer boundaries choosing the row of a per-layer `norm` (those of
   the `Layerwise` field); `None` for one set of parameters.
-- `manifold`: where the state is kept (default `Euclidean()`: the rule's own
-  normalisation is the only one applied).
+- `manifold`: where the state is kept; `None` lets `spherejax.solve` (or the
+  enclosing `LieTrotter`/`Strang`) fill it in.
 """
 
 
@@ -166,7 +168,7 @@ class PostNorm(AbstractLayerUpdate):
 
     norm: Any
     times: Float[Array, " L1"] | None = None
-    manifold: AbstractManifold | None = Euclidean()
+    manifold: AbstractManifold | None = None
 
     def update(self, f, norm, t, h, y, args):
         u = norm.affine(y)
@@ -183,7 +185,7 @@ class PreNorm(AbstractLayerUpdate):
 
     norm: Any
     times: Float[Array, " L1"] | None = None
-    manifold: AbstractManifold | None = Euclidean()
+    manifold: AbstractManifold | None = None
 
     def update(self, f, norm, t, h, y, args):
         return y + h * f(t, norm(y), args)
@@ -195,7 +197,7 @@ class Residual(AbstractLayerUpdate):
 
     norm: None = None
     times: None = None
-    manifold: AbstractManifold | None = Euclidean()
+    manifold: AbstractManifold | None = None
 
     def update(self, f, norm, t, h, y, args):
         del norm
@@ -236,7 +238,8 @@ PostNorm.__init__.__doc__ = _rule_doc
 PreNorm.__init__.__doc__ = _rule_doc
 Residual.__init__.__doc__ = """**Arguments:**
 
-- `manifold`: where the state is kept (default `Euclidean()`).
+- `manifold`: where the state is kept; `None` lets `spherejax.solve` (or the
+  enclosing `LieTrotter`/`Strang`) fill it in.
 """
 ProjectedMidpoint.__init__.__doc__ = """**Arguments:**
 
