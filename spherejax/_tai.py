@@ -47,6 +47,7 @@ from ._field import AbstractField, FeedForward, Layerwise
 from ._manifold import Euclidean, LayerNormSphere, _dot
 from ._misc import safe_norm
 from ._solver.base import AbstractManifoldSolver
+from ._solver.layer_update import step_field
 from ._transformer import _steps_and_tokens, fixed_steps
 
 
@@ -452,8 +453,20 @@ class TaiSplitting(AbstractManifoldSolver):
 
     def single_step(self, terms, t0, t1, y0, args):
         del args
-        step = self.model.lie_step if self.scheme == "lie" else self.model.strang_step
-        return step(t0, y0, terms.contr(t0, t1))
+        h = terms.contr(t0, t1)
+        if self.scheme == "strang":  # each stage reads the layers at its own time
+            return self.model.strang_step(t0, y0, h)
+        # the layers acting at the start of the step, whatever the rounding of the
+        # step times; the constraint keeps its time dependence
+        model = eqx.tree_at(
+            lambda m: (m.attention, m.feedforward),
+            self.model,
+            (
+                step_field(self.model.attention, t0, t1),
+                step_field(self.model.feedforward, t0, t1),
+            ),
+        )
+        return model.lie_step(t0, y0, h)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump

@@ -19,8 +19,9 @@ module, so that a new architecture is a new small class:
 
 Sub-layers (attention, then the MLP) are composed by `LieTrotter` or `Strang`
 with one rule per part. The step acts with the layer of the field that holds on
-the step (`step_field`), so a `Layerwise` field with boundaries on the step times
-gives each step its own weights, whatever the rounding of the step times.
+the start of the step (`step_field`), so a `Layerwise` field with boundaries on
+the step times gives each step its own weights, whatever the rounding of the
+step times.
 """
 
 import abc
@@ -37,28 +38,31 @@ from .base import AbstractManifoldSolver
 from .splitting import _find_field
 
 
-def _midpoint(t0, t1):
-    return t0 + 0.5 * (t1 - t0)
+def _layer_time(t0, t1):
+    """The time at which a step reads its layer: its start, probed 1/1024 of the
+    step in, so that rounding of the step times (`t0` a few ulps below a layer
+    boundary) never selects the previous layer."""
+    return t0 + (t1 - t0) / 1024
 
 
 def step_field(field, t0, t1):
     """The field acting on the step `[t0, t1]`: a field's own `on_step(t0, t1)`
-    where it has one; for a `Layerwise` field its layer at the step's midpoint;
-    else the field itself."""
+    where it has one; for a `Layerwise` field its layer at the start of the step
+    (robust to the rounding of `t0`); else the field itself."""
     on_step = getattr(field, "on_step", None)
     if on_step is not None:
         return on_step(t0, t1)
     if isinstance(field, Layerwise):
-        return field.layer(field.index(_midpoint(t0, t1)))
+        return field.layer(field.index(_layer_time(t0, t1)))
     return field
 
 
 def layer_index(times: Float[Array, " L1"] | None, t0, t1):
     """Index of the layer acting on `[t0, t1]` for layer boundaries `times` (at the
-    step's midpoint; 0 when `times` is `None`)."""
+    start of the step, as `step_field`; 0 when `times` is `None`)."""
     if times is None:
         return 0
-    k = jnp.searchsorted(times, _midpoint(t0, t1), side="right") - 1
+    k = jnp.searchsorted(times, _layer_time(t0, t1), side="right") - 1
     return jnp.clip(k, 0, times.shape[0] - 2)
 
 
@@ -95,9 +99,9 @@ ManifoldNorm.__init__.__doc__ = """**Arguments:**
 class AbstractLayerUpdate(AbstractManifoldSolver):
     r"""A fixed-step solver whose step is one residual layer.
 
-    Subclasses implement `update(f, t, h, y, args)` for the field `f` of the step
-    (already the layer acting on `[t, t + h]`) and a normalisation `norm` already
-    selected for the layer. `norm` holds one set of parameters, or one per layer
+    Subclasses implement `update(f, norm, t, h, y, args)` for the field `f` of the
+    step (already the layer acting on `[t, t + h]`) and the normalisation `norm` of
+    that layer. `norm` holds one set of parameters, or one per layer
     (LayerNorm `(L, d)`), then chosen by the layer boundaries `times`.
 
     The state need not lie on a manifold (pre-LN: the residual stream; post-LN
