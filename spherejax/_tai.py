@@ -422,7 +422,11 @@ class TaiVelocity(AbstractField):
     `Euclidean()`: the vector field of the ODE that `TaiSplitting` steps."""
 
     model: TaiTransformer
-    manifold: Euclidean = Euclidean()
+    manifold: Euclidean
+
+    def __init__(self, model: TaiTransformer):
+        self.model = model
+        self.manifold = Euclidean()
 
     def __call__(self, t, y, args=None):
         del args
@@ -437,13 +441,20 @@ class TaiSplitting(AbstractManifoldSolver):
     estimate."""
 
     model: TaiTransformer
-    scheme: str = eqx.field(static=True, default="lie")
-    manifold: Euclidean = Euclidean()
+    scheme: str = eqx.field(static=True)
+    manifold: Euclidean
+
+    def __init__(self, model: TaiTransformer, scheme: str = "lie"):
+        if scheme not in ("lie", "strang"):
+            raise ValueError(f"`scheme` must be 'lie' or 'strang'; got {scheme!r}.")
+        self.model = model
+        self.scheme = scheme
+        self.manifold = Euclidean()
 
     term_structure = diffrax.ODETerm
     interpolation_cls = diffrax.LocalLinearInterpolation
 
-    def order(self, terms):
+    def order(self, terms) -> int:
         del terms
         return 1 if self.scheme == "lie" else 2
 

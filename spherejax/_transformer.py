@@ -20,6 +20,12 @@ With `split=True` a `Sum` field (e.g. attention + feed-forward) is applied one t
 time, each with its own residual connection and normalisation, as in BERT's
 `LN(x + Attn x)` then `LN(x + FFN x)`: a Lie–Trotter splitting of the flow of the sum.
 
+Each layer is one step of a fixed-step solver, a layer update rule (`PostNorm`,
+`PreNorm`, `Residual`, with the normalisation as a module: `LayerNorm` or a
+manifold's projection), run by `diffrax.diffeqsolve` with the constant step `h`;
+with `split=True` the rules of the terms are composed by `LieTrotter`.
+`layer_solver` returns the field and solver of a stack.
+
 ??? cite
     N. Karagodin, S. Ge, Y. Polyanskiy, P. Rigollet, *Normalization in attention
     dynamics*, NeurIPS 2025, arXiv:2510.22026.
@@ -167,23 +173,21 @@ def fixed_steps(field, solver, y0, t0, h, num_steps, final: bool, args=None):
     steps = jnp.asarray(num_steps)
     t1 = t0 + steps.astype(dtype) * h
     dt0 = (t1 - t0) / jnp.maximum(steps, 1).astype(dtype)
-    kwargs = dict(
-        args=args,
-        stepsize_controller=diffrax.ConstantStepSize(),
-        throw=False,
-    )
+    controller = diffrax.ConstantStepSize()
     if final:
         sol = diffrax.diffeqsolve(
-            term, solver, t0, t1, dt0, y0, saveat=diffrax.SaveAt(t1=True),
-            max_steps=None, **kwargs,
+            term, solver, t0, t1, dt0, y0, args=args,
+            saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller,
+            max_steps=None, throw=False,
         )  # fmt: skip
         assert sol.ys is not None
         return sol.ys[0]
     if num_steps == 0:
         return y0[None]
     sol = diffrax.diffeqsolve(
-        term, solver, t0, t1, dt0, y0, saveat=diffrax.SaveAt(t0=True, steps=True),
-        max_steps=num_steps, **kwargs,
+        term, solver, t0, t1, dt0, y0, args=args,
+        saveat=diffrax.SaveAt(t0=True, steps=True), stepsize_controller=controller,
+        max_steps=num_steps, throw=False,
     )  # fmt: skip
     assert sol.ys is not None
     return sol.ys
@@ -348,16 +352,17 @@ def layer_solver(
     if layer_norms is not None:
         rule = PostNorm if norm == "post" else PreNorm
         rules = tuple(
-            rule(ln, times=times if ln.layered else None) for ln in layer_norms
+            rule(norm=ln, times=times if ln.layered else None) for ln in layer_norms
         )
     elif norm == "none":
         rules = (Residual(),) * len(parts)
     else:
         rule = PostNorm if norm == "post" else PreNorm
-        rules = (rule(ManifoldNorm(field.manifold)),) * len(parts)
+        rules = (rule(norm=ManifoldNorm(field.manifold)),) * len(parts)
     if len(parts) == 1:
         return parts[0], rules[0]
-    return raw, LieTrotter(*parts, solver=rules, manifold=Euclidean())
+    splitting = LieTrotter(*parts, solver=rules, manifold=Euclidean())  # pyright: ignore[reportCallIssue]
+    return raw, splitting
 
 
 @eqx.filter_jit

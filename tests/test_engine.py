@@ -71,7 +71,7 @@ def test_norm_rules_through_solve_are_the_networks():
     saveat = diffrax.SaveAt(t0=True, steps=True)
     x0 = rng.normal(size=(n, d))
     z0 = _np_layer_norm(x0, 1.0, 0.0, eps)
-    for rule, y0 in ((PostNorm(ln), z0), (PreNorm(ln), x0)):
+    for rule, y0 in ((PostNorm(norm=ln), z0), (PreNorm(norm=ln), x0)):
         sol = sj.solve(ffn, y0, 2.0, solver=rule, dt0=1.0, saveat=saveat, max_steps=2)
         y, want = y0, [y0]
         for _ in range(2):

@@ -111,13 +111,25 @@ class AbstractLayerUpdate(AbstractManifoldSolver):
     `unprojected(field)`) to leave the rule's normalisation the only one.
     """
 
-    norm: eqx.AbstractVar[Any]
-    times: eqx.AbstractVar[Float[Array, " L1"] | None]
+    norm: Any = None
+    times: Float[Array, " L1"] | None = None
+    manifold: AbstractManifold | None = None
 
     term_structure = diffrax.ODETerm
     interpolation_cls = diffrax.LocalLinearInterpolation
 
-    def order(self, terms):
+    def __init__(
+        self,
+        norm: Any = None,
+        *,
+        times: Any = None,
+        manifold: AbstractManifold | None = None,
+    ):
+        self.norm = norm
+        self.times = None if times is None else jnp.asarray(times)
+        self.manifold = manifold
+
+    def order(self, terms) -> int:
         del terms
         return 1
 
@@ -170,9 +182,12 @@ class PostNorm(AbstractLayerUpdate):
     retraction Euler step $\operatorname{project}(z + h f(t, z))$ on `M`. Order 1.
     """
 
-    norm: Any
-    times: Float[Array, " L1"] | None = None
-    manifold: AbstractManifold | None = None
+    def __check_init__(self):
+        if self.norm is None:
+            raise ValueError(
+                f"`{type(self).__name__}` needs a normalisation `norm` (a `LayerNorm`, "
+                "or `ManifoldNorm(manifold)`)."
+            )
 
     def update(self, f, norm, t, h, y, args):
         u = norm.affine(y)
@@ -187,9 +202,12 @@ class PreNorm(AbstractLayerUpdate):
     the residual stream itself is not normalised. Order 1.
     """
 
-    norm: Any
-    times: Float[Array, " L1"] | None = None
-    manifold: AbstractManifold | None = None
+    def __check_init__(self):
+        if self.norm is None:
+            raise ValueError(
+                f"`{type(self).__name__}` needs a normalisation `norm` (a `LayerNorm`, "
+                "or `ManifoldNorm(manifold)`)."
+            )
 
     def update(self, f, norm, t, h, y, args):
         return y + h * f(t, norm(y), args)
@@ -198,10 +216,6 @@ class PreNorm(AbstractLayerUpdate):
 class Residual(AbstractLayerUpdate):
     r"""A residual layer without normalisation, $x_{k+1} = x_k + h f(t_k, x_k)$
     (explicit Euler, with the layer of the step). Order 1."""
-
-    norm: None = None
-    times: None = None
-    manifold: AbstractManifold | None = None
 
     def update(self, f, norm, t, h, y, args):
         del norm
@@ -219,11 +233,7 @@ class ProjectedMidpoint(AbstractLayerUpdate):
     continuous-time limit of a network's layers.
     """
 
-    norm: None = None
-    times: None = None
-    manifold: AbstractManifold | None = None
-
-    def order(self, terms):
+    def order(self, terms) -> int:
         del terms
         return 2
 

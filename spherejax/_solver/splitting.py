@@ -70,9 +70,7 @@ class _AbstractSplitting(AbstractManifoldSolver):
     def __init__(
         self,
         *fields: AbstractField,
-        solver: diffrax.AbstractSolver
-        | Sequence[diffrax.AbstractSolver]
-        | None = None,
+        solver: diffrax.AbstractSolver | Sequence[diffrax.AbstractSolver] | None = None,
         manifold: AbstractManifold | None = None,
     ):
         for f in fields:

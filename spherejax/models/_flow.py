@@ -519,7 +519,7 @@ def _substeps(model: TransformerFlow, x0, mask, m, scheme: str, restart=False):
             else:
                 field = layer
                 inner = ProjectedMidpoint(manifold=flow.manifold)
-                solver = Strang(*layer.parts(), solver=inner, manifold=flow.manifold)
+                solver = Strang(*layer.parts(), solver=inner, manifold=flow.manifold)  # pyright: ignore[reportCallIssue]
             return fixed_steps(field, solver, y, t0, h, m, True)
 
         if restart:  # x holds the L + 1 states; layer k starts from x[k]
