@@ -47,7 +47,8 @@ from ._field import AbstractField, FeedForward, Layerwise
 from ._manifold import Euclidean, LayerNormSphere, _dot
 from ._misc import safe_norm
 from ._solver.base import AbstractManifoldSolver
-from ._solver.layer_update import step_field
+from ._solver.layer_update import ProjectedMidpoint, step_field
+from ._solver.splitting import Strang
 from ._transformer import _steps_and_tokens, fixed_steps
 
 
@@ -208,9 +209,10 @@ class TaiTransformer(eqx.Module):
     - `flow()`: the continuous-time limit, a field on `LayerNormSphere()` in the
       reference coordinate `z` ($u = \sigma_1 + \sigma_2 z$).
     - `strang_step(t, u, h)`: attention sub-flow for `h/2`, feed-forward sub-flow for
-      `h`, attention sub-flow for `h/2`, each by the explicit midpoint rule followed by
-      the retraction; time advances in the attention sub-flow only (symmetric):
-      second order.
+      `h`, attention sub-flow for `h/2` (`Strang` of the two `TaiSubflow`s in the
+      reference coordinate `z`), each by `ProjectedMidpoint`; time advances in the
+      attention sub-flow only, the feed-forward one reads the step's midpoint
+      (symmetric): second order.
 
     ??? cite
         X.-C. Tai, H. Liu, L. Li, R. H. Chan, *A mathematical explanation of
@@ -325,21 +327,72 @@ class TaiTransformer(eqx.Module):
         t = jnp.asarray(t, u.dtype)
         h = jnp.asarray(h, u.dtype)
         M = LayerNormSphere()
-
-        def midpoint(part, s, z, tau, frozen=None):
-            ts = (lambda r: frozen) if frozen is not None else (lambda r: s + r)
-            zm = M.retract(z, 0.5 * tau * self._z_velocity(part, ts(0.0), z))
-            return M.retract(z, tau * self._z_velocity(part, ts(0.5 * tau), zm))
-
+        parts = (
+            TaiSubflow(self, "attention"),
+            TaiSubflow(self, "feedforward", frozen=True),
+        )
+        strang = Strang(*parts, solver=ProjectedMidpoint(M, tangent=False), manifold=M)  # pyright: ignore[reportCallIssue]
+        terms = diffrax.ODETerm(TaiFlow(self))
         z = M.project(self.constraint.reference(t, u))
-        z = midpoint("attention", t, z, 0.5 * h)
-        z = midpoint("feedforward", None, z, h, frozen=t + 0.5 * h)
-        z = midpoint("attention", t + 0.5 * h, z, 0.5 * h)
+        z = strang.single_step(terms, t, t + h, z, None)
         return self.constraint.embed(t + h, z)
 
     def flow(self) -> "TaiFlow":
         """The continuous-time limit as a field in the reference coordinate `z`."""
         return TaiFlow(self)
+
+
+class TaiSubflow(AbstractField):
+    r"""One part of `TaiFlow`, in the reference coordinate `z` on
+    `LayerNormSphere()`: the attention (`part="attention"`) or feed-forward
+    (`"feedforward"`) velocity $P_z[\,\cdot\,(u)]/\sigma_2(t)$,
+    $u = \sigma_1(t) + \sigma_2(t) z$. With `frozen=True` a step on $[t_0, t_1]$
+    reads it at the step's midpoint only (`on_step`), as the middle sub-flow of
+    `TaiTransformer.strang_step`."""
+
+    model: "TaiTransformer"
+    part: str = eqx.field(static=True)
+    frozen: bool = eqx.field(static=True)
+    manifold: LayerNormSphere
+
+    def __init__(self, model: "TaiTransformer", part: str, *, frozen: bool = False):
+        if part not in ("attention", "feedforward"):
+            raise ValueError(
+                f"`part` must be 'attention' or 'feedforward'; got {part!r}."
+            )
+        self.model = model
+        self.part = part
+        self.frozen = frozen
+        self.manifold = LayerNormSphere()
+
+    def on_step(self, t0, t1) -> AbstractField:
+        """The field acting on a step `[t0, t1]`: itself, or frozen at the midpoint."""
+        if not self.frozen:
+            return self
+        return _AtTime(TaiSubflow(self.model, self.part), t0 + 0.5 * (t1 - t0))
+
+    def __call__(self, t, z, args=None):
+        del args
+        return self.model._z_velocity(self.part, jnp.asarray(t, z.dtype), z)
+
+
+class _AtTime(AbstractField):
+    """`field` read at the fixed time `time`, whatever time it is called with."""
+
+    field: AbstractField
+    time: Array
+
+    def __init__(self, field: AbstractField, time):
+        self.field = field
+        self.time = jnp.asarray(time)
+
+    @property
+    def manifold(self):
+        return self.field.manifold
+
+    def __call__(self, t, y, args=None):
+        del t
+        return self.field(self.time, y, args)
 
 
 class TaiFlow(AbstractField):

@@ -229,9 +229,18 @@ class ProjectedMidpoint(AbstractLayerUpdate):
     y_1 = R_{y_0}\big(h P_{y_0} f(t_0 + \tfrac h2, y_{1/2})\big),$$
 
     with $R_y(v) = \operatorname{project}(y + v)$ and $P_y$ the tangent projection
-    (the identity on `Euclidean()`). Order 2; the sub-step of `Strang` for the
-    continuous-time limit of a network's layers.
+    (the identity on `Euclidean()`); with `tangent=False` the second stage's
+    velocity is added as it is ($P_{y_0}$ dropped there). Order 2; the sub-step of
+    `Strang` for the continuous-time limit of a network's layers.
     """
+
+    tangent: bool = eqx.field(static=True, default=True)
+
+    def __init__(
+        self, manifold: AbstractManifold | None = None, *, tangent: bool = True
+    ):
+        super().__init__(manifold=manifold)
+        self.tangent = tangent
 
     def order(self, terms) -> int:
         del terms
@@ -241,11 +250,13 @@ class ProjectedMidpoint(AbstractLayerUpdate):
         del norm
         M = self._require_manifold()
 
-        def retract(v, tau):
-            return M.project(y + tau * M.to_tangent(y, v))
+        def retract(v, tau, tangent=True):
+            if tangent:
+                v = M.to_tangent(y, v)
+            return M.project(y + tau * v)
 
         ym = retract(f(t, y, args), 0.5 * h)
-        return retract(f(t + 0.5 * h, ym, args), h)
+        return retract(f(t + 0.5 * h, ym, args), h, self.tangent)
 
 
 PostNorm.__init__.__doc__ = _rule_doc
@@ -259,4 +270,6 @@ ProjectedMidpoint.__init__.__doc__ = """**Arguments:**
 
 - `manifold`: where the state lives; `None` lets `spherejax.solve` take the
   field's.
+- `tangent`: project the second stage's velocity onto the tangent space at the
+  step's start (default); `False` adds it as it is.
 """
