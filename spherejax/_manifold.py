@@ -17,6 +17,7 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray
 from ._group import (
     AbstractLieAlgebra,
     GramAlgebra,
+    ProductAlgebra,
     TranslationAlgebra,
     sphere_rotate,
 )
@@ -382,3 +383,82 @@ class Euclidean(AbstractManifold):
 
 
 Euclidean.__init__.__doc__ = """**Arguments:** None"""
+
+
+class RadiusSphere(AbstractManifold):
+    r"""The product $\mathbb R \times S^{d-1}$ of a radius and the unit sphere.
+
+    A point is a row $(r, \theta) \in \mathbb R^{1+d}$ with $|\theta| = 1$ (the radius
+    first); it stands for $x = r\theta \in \mathbb R^d$ (see `to_polar`,
+    `from_polar`). Tangent vectors are $(\dot r, \dot\theta)$ with
+    $\langle\theta, \dot\theta\rangle = 0$; the metric is the product (flat in `r`).
+    """
+
+    @property
+    def _sphere(self) -> Sphere:
+        return Sphere()
+
+    def check_dimension(self, d: int) -> None:
+        if d < 2:
+            raise ValueError(
+                f"`RadiusSphere` rows are `(r, theta)`, at least 2 entries; got {d}."
+            )
+
+    def _split(self, x):
+        x = jnp.asarray(x)
+        return x[..., :1], x[..., 1:]
+
+    def project(self, x):
+        r, th = self._split(x)
+        return jnp.concatenate([r, self._sphere.project(th)], axis=-1)
+
+    def to_tangent(self, x, v):
+        _, th = self._split(x)
+        vr, vth = self._split(v)
+        return jnp.concatenate([vr, self._sphere.to_tangent(th, vth)], axis=-1)
+
+    def exp(self, x, v):
+        r, th = self._split(x)
+        vr, vth = self._split(v)
+        return jnp.concatenate([r + vr, self._sphere.exp(th, vth)], axis=-1)
+
+    def retract(self, x, v):
+        return self.project(jnp.asarray(x) + jnp.asarray(v))
+
+    def log(self, x, y):
+        r, th = self._split(x)
+        s, ph = self._split(y)
+        return jnp.concatenate([s - r, self._sphere.log(th, ph)], axis=-1)
+
+    def transport(self, x, y, v):
+        _, th = self._split(x)
+        _, ph = self._split(y)
+        vr, vth = self._split(v)
+        return jnp.concatenate([vr, self._sphere.transport(th, ph, vth)], axis=-1)
+
+    def violation(self, x):
+        _, th = self._split(x)
+        return self._sphere.violation(th)
+
+    def group_exp(self, x, v, y):
+        _, th = self._split(x)
+        vr, vth = self._split(v)
+        r, ph = self._split(y)
+        return jnp.concatenate([r + vr, self._sphere.group_exp(th, vth, ph)], axis=-1)
+
+    def lie_algebra(self, y0, m):
+        r, th = self._split(y0)
+        parts = (Euclidean().lie_algebra(r, m), self._sphere.lie_algebra(th, m))
+        return ProductAlgebra(parts, (1, th.shape[-1]))
+
+    def project_along_normal(self, x, y):
+        _, th = self._split(x)
+        r, ph = self._split(y)
+        return jnp.concatenate([r, self._sphere.project_along_normal(th, ph)], axis=-1)
+
+    def random(self, key, shape, dtype=None):
+        x = super().random(key, shape, dtype)
+        return x.at[..., 0].set(1.0)
+
+
+RadiusSphere.__init__.__doc__ = """**Arguments:** None"""

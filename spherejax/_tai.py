@@ -37,15 +37,19 @@ composition of the two sub-flows with second-order sub-steps converges at order 
 
 from collections.abc import Callable
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._field import AbstractField, FeedForward, Layerwise
-from ._manifold import LayerNormSphere, _dot
+from ._manifold import Euclidean, LayerNormSphere, _dot
 from ._misc import safe_norm
-from ._transformer import _all_states, _last_state, _steps_and_tokens
+from ._solver.base import AbstractManifoldSolver
+from ._solver.layer_update import ProjectedMidpoint, step_field
+from ._solver.splitting import Strang
+from ._transformer import _steps_and_tokens, fixed_steps
 
 
 def relu_projection(v: ArrayLike) -> Array:
@@ -205,9 +209,10 @@ class TaiTransformer(eqx.Module):
     - `flow()`: the continuous-time limit, a field on `LayerNormSphere()` in the
       reference coordinate `z` ($u = \sigma_1 + \sigma_2 z$).
     - `strang_step(t, u, h)`: attention sub-flow for `h/2`, feed-forward sub-flow for
-      `h`, attention sub-flow for `h/2`, each by the explicit midpoint rule followed by
-      the retraction; time advances in the attention sub-flow only (symmetric):
-      second order.
+      `h`, attention sub-flow for `h/2` (`Strang` of the two `TaiSubflow`s in the
+      reference coordinate `z`), each by `ProjectedMidpoint`; time advances in the
+      attention sub-flow only, the feed-forward one reads the step's midpoint
+      (symmetric): second order.
 
     ??? cite
         X.-C. Tai, H. Liu, L. Li, R. H. Chan, *A mathematical explanation of
@@ -322,21 +327,72 @@ class TaiTransformer(eqx.Module):
         t = jnp.asarray(t, u.dtype)
         h = jnp.asarray(h, u.dtype)
         M = LayerNormSphere()
-
-        def midpoint(part, s, z, tau, frozen=None):
-            ts = (lambda r: frozen) if frozen is not None else (lambda r: s + r)
-            zm = M.retract(z, 0.5 * tau * self._z_velocity(part, ts(0.0), z))
-            return M.retract(z, tau * self._z_velocity(part, ts(0.5 * tau), zm))
-
+        parts = (
+            TaiSubflow(self, "attention"),
+            TaiSubflow(self, "feedforward", frozen=True),
+        )
+        strang = Strang(*parts, solver=ProjectedMidpoint(M, tangent=False), manifold=M)  # pyright: ignore[reportCallIssue]
+        terms = diffrax.ODETerm(TaiFlow(self))
         z = M.project(self.constraint.reference(t, u))
-        z = midpoint("attention", t, z, 0.5 * h)
-        z = midpoint("feedforward", None, z, h, frozen=t + 0.5 * h)
-        z = midpoint("attention", t + 0.5 * h, z, 0.5 * h)
+        z = strang.single_step(terms, t, t + h, z, None)
         return self.constraint.embed(t + h, z)
 
     def flow(self) -> "TaiFlow":
         """The continuous-time limit as a field in the reference coordinate `z`."""
         return TaiFlow(self)
+
+
+class TaiSubflow(AbstractField):
+    r"""One part of `TaiFlow`, in the reference coordinate `z` on
+    `LayerNormSphere()`: the attention (`part="attention"`) or feed-forward
+    (`"feedforward"`) velocity $P_z[\,\cdot\,(u)]/\sigma_2(t)$,
+    $u = \sigma_1(t) + \sigma_2(t) z$. With `frozen=True` a step on $[t_0, t_1]$
+    reads it at the step's midpoint only (`on_step`), as the middle sub-flow of
+    `TaiTransformer.strang_step`."""
+
+    model: "TaiTransformer"
+    part: str = eqx.field(static=True)
+    frozen: bool = eqx.field(static=True)
+    manifold: LayerNormSphere
+
+    def __init__(self, model: "TaiTransformer", part: str, *, frozen: bool = False):
+        if part not in ("attention", "feedforward"):
+            raise ValueError(
+                f"`part` must be 'attention' or 'feedforward'; got {part!r}."
+            )
+        self.model = model
+        self.part = part
+        self.frozen = frozen
+        self.manifold = LayerNormSphere()
+
+    def on_step(self, t0, t1) -> AbstractField:
+        """The field acting on a step `[t0, t1]`: itself, or frozen at the midpoint."""
+        if not self.frozen:
+            return self
+        return _AtTime(TaiSubflow(self.model, self.part), t0 + 0.5 * (t1 - t0))
+
+    def __call__(self, t, z, args=None):
+        del args
+        return self.model._z_velocity(self.part, jnp.asarray(t, z.dtype), z)
+
+
+class _AtTime(AbstractField):
+    """`field` read at the fixed time `time`, whatever time it is called with."""
+
+    field: AbstractField
+    time: Array
+
+    def __init__(self, field: AbstractField, time):
+        self.field = field
+        self.time = jnp.asarray(time)
+
+    @property
+    def manifold(self):
+        return self.field.manifold
+
+    def __call__(self, t, y, args=None):
+        del t
+        return self.field(self.time, y, args)
 
 
 class TaiFlow(AbstractField):
@@ -413,16 +469,96 @@ def tai_transformer(
     return _run(model, u0, h, t0, num_steps, scheme)
 
 
-def _step_fn(model, scheme, h, t0, dtype):
-    step = model.lie_step if scheme == "lie" else model.strang_step
-    return lambda u, k: step(t0 + jnp.asarray(k).astype(dtype) * h, u, h)
+class TaiVelocity(AbstractField):
+    r"""The velocity of `TaiTransformer`'s continuous-time limit in the `u`
+    coordinates on the moving set $S_1(t)$ (`TaiFlow.velocity`), as a field on
+    `Euclidean()`: the vector field of the ODE that `TaiSplitting` steps."""
+
+    model: TaiTransformer
+    manifold: Euclidean
+
+    def __init__(self, model: TaiTransformer):
+        self.model = model
+        self.manifold = Euclidean()
+
+    def __call__(self, t, y, args=None):
+        del args
+        return TaiFlow(self.model).velocity(jnp.asarray(t, y.dtype), y)
+
+
+class TaiSplitting(AbstractManifoldSolver):
+    r"""One step of `TaiTransformer`'s splitting as a fixed-step solver:
+    `scheme="lie"` (the six sub-steps, `model.lie_step`; order 1) or `"strang"`
+    (the symmetric composition, `model.strang_step`; order 2), from $S_1(t_0)$ to
+    $S_1(t_1)$. The vector field it steps is `TaiVelocity(model)`; no error
+    estimate."""
+
+    model: TaiTransformer
+    scheme: str = eqx.field(static=True)
+    manifold: Euclidean
+
+    def __init__(self, model: TaiTransformer, scheme: str = "lie"):
+        if scheme not in ("lie", "strang"):
+            raise ValueError(f"`scheme` must be 'lie' or 'strang'; got {scheme!r}.")
+        self.model = model
+        self.scheme = scheme
+        self.manifold = Euclidean()
+
+    term_structure = diffrax.ODETerm
+    interpolation_cls = diffrax.LocalLinearInterpolation
+
+    def order(self, terms) -> int:
+        del terms
+        return 1 if self.scheme == "lie" else 2
+
+    def init(self, terms, t0, t1, y0, args):
+        del terms, t0, t1, y0, args
+        return None
+
+    def single_step(self, terms, t0, t1, y0, args):
+        del args
+        h = terms.contr(t0, t1)
+        if self.scheme == "strang":  # each stage reads the layers at its own time
+            return self.model.strang_step(t0, y0, h)
+        # the layers acting at the start of the step, whatever the rounding of the
+        # step times; the constraint keeps its time dependence
+        model = eqx.tree_at(
+            lambda m: (m.attention, m.feedforward),
+            self.model,
+            (
+                step_field(self.model.attention, t0, t1),
+                step_field(self.model.feedforward, t0, t1),
+            ),
+        )
+        return model.lie_step(t0, y0, h)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del solver_state, made_jump
+        y1 = self.single_step(terms, t0, t1, y0, args)
+        return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+
+TaiVelocity.__init__.__doc__ = """**Arguments:**
+
+- `model`: a `TaiTransformer`.
+"""
+TaiSplitting.__init__.__doc__ = """**Arguments:**
+
+- `model`: a `TaiTransformer`.
+- `scheme`: `"lie"` or `"strang"`.
+"""
 
 
 @eqx.filter_jit
 def _run(model, u0, h, t0, num_steps, scheme):
-    return _all_states(_step_fn(model, scheme, h, t0, u0.dtype), u0, num_steps)
+    solver = TaiSplitting(model, scheme)
+    return fixed_steps(TaiVelocity(model), solver, u0, t0, h, num_steps, False)
 
 
 @eqx.filter_jit
 def _run_last(model, u0, h, t0, num_steps, scheme):
-    return _last_state(_step_fn(model, scheme, h, t0, u0.dtype), u0, num_steps)
+    solver = TaiSplitting(model, scheme)
+    return fixed_steps(TaiVelocity(model), solver, u0, t0, h, num_steps, True)

@@ -20,6 +20,12 @@ With `split=True` a `Sum` field (e.g. attention + feed-forward) is applied one t
 time, each with its own residual connection and normalisation, as in BERT's
 `LN(x + Attn x)` then `LN(x + FFN x)`: a Lie–Trotter splitting of the flow of the sum.
 
+Each layer is one step of a fixed-step solver, a layer update rule (`PostNorm`,
+`PreNorm`, `Residual`, with the normalisation as a module: `LayerNorm` or a
+manifold's projection), run by `diffrax.diffeqsolve` with the constant step `h`;
+with `split=True` the rules of the terms are composed by `LieTrotter`.
+`layer_solver` returns the field and solver of a stack.
+
 ??? cite
     N. Karagodin, S. Ge, Y. Polyanskiy, P. Rigollet, *Normalization in attention
     dynamics*, NeurIPS 2025, arXiv:2510.22026.
@@ -31,16 +37,25 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import finite_scalars
-from ._field import AbstractField, Layerwise, Sum
-from ._group import ProductAlgebra
-from ._manifold import AbstractManifold, Euclidean, Sphere, _dot
+from ._field import AbstractField, Layerwise
+from ._manifold import (
+    AbstractManifold,
+    Euclidean,
+    RadiusSphere as RadiusSphere,
+    Sphere,
+    _dot,
+)
 from ._misc import safe_norm
+from ._solver.base import AbstractManifoldSolver
+from ._solver.layer_update import ManifoldNorm, PostNorm, PreNorm, Residual
+from ._solver.splitting import LieTrotter, field_parts
 
 
 NORMS = ("post", "pre", "none")
@@ -125,17 +140,6 @@ def unprojected(field: AbstractField) -> AbstractField:
     )
 
 
-def _sublayers(field: AbstractField, t, split: bool) -> tuple[AbstractField, ...]:
-    """The fields applied in turn at time `t` (one, or the terms of a `Sum`)."""
-    if not split:
-        return (field,)
-    if isinstance(field, Layerwise):
-        field = field.layer(field.index(t))
-    if isinstance(field, Sum):
-        return field.fields
-    return (field,)
-
-
 def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple[Any, Array]:
     """The step count `num` and input tokens `x0` of a discrete stack, checked.
 
@@ -154,22 +158,39 @@ def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple[Any, Array]:
     return num, x0
 
 
-def _all_states(step, x0, num_steps):
-    """`x0` and the `num_steps` states after it, `x_{k+1} = step(x_k, k)` (a scan;
-    shape `(num_steps + 1, *x0.shape)`)."""
+def fixed_steps(field, solver, y0, t0, h, num_steps, final: bool, args=None):
+    """`num_steps` steps of `solver` with step `h` from `(t0, y0)`, by
+    `diffrax.diffeqsolve` with a constant step: all `num_steps + 1` states (the
+    first is `y0`; `num_steps` a static `int`), or with `final` the last one only
+    (`num_steps` may then be traced; a `while` loop, forward-mode differentiable).
 
-    def body(x, k):
-        x = step(x, k)
-        return x, x
-
-    _, xs = jax.lax.scan(body, x0, jnp.arange(num_steps))
-    return jnp.concatenate([x0[None], xs])
-
-
-def _last_state(step, x0, num_steps):
-    """The state after `num_steps` steps `x_{k+1} = step(x_k, k)` (`num_steps` may be
-    traced: a `fori_loop`)."""
-    return jax.lax.fori_loop(0, num_steps, lambda k, x: step(x, k), x0)
+    The step is `(t1 - t0) / num_steps` with `t1 = t0 + num_steps h`, so that diffrax
+    takes exactly `num_steps` steps whatever the rounding. Shared by the discrete
+    stacks (`transformer`, `tai_transformer`, `TransformerFlow`'s sub-steps).
+    """
+    dtype = y0.dtype
+    term = diffrax.ODETerm(field)
+    steps = jnp.asarray(num_steps)
+    t1 = t0 + steps.astype(dtype) * h
+    dt0 = (t1 - t0) / jnp.maximum(steps, 1).astype(dtype)
+    controller = diffrax.ConstantStepSize()
+    if final:
+        sol = diffrax.diffeqsolve(
+            term, solver, t0, t1, dt0, y0, args=args,
+            saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller,
+            max_steps=None, throw=False,
+        )  # fmt: skip
+        assert sol.ys is not None
+        return sol.ys[0]
+    if num_steps == 0:
+        return y0[None]
+    sol = diffrax.diffeqsolve(
+        term, solver, t0, t1, dt0, y0, args=args,
+        saveat=diffrax.SaveAt(t0=True, steps=True), stepsize_controller=controller,
+        max_steps=num_steps, throw=False,
+    )  # fmt: skip
+    assert sol.ys is not None
+    return sol.ys
 
 
 def transformer(
@@ -294,8 +315,7 @@ def _check_norms(field, norm, split, layer_norms, final_norm, d):
     if norm == "none":
         raise ValueError("`layer_norms` needs `norm='post'` or `norm='pre'`.")
     layer_norms = tuple(layer_norms)
-    base = field.layer(0) if isinstance(field, Layerwise) else field
-    count = len(base.fields) if (split and isinstance(base, Sum)) else 1
+    count = len(field_parts(field)) if split else 1
     if len(layer_norms) != count:
         raise ValueError(
             f"`layer_norms` must hold one `LayerNorm` per sub-layer ({count}); got "
@@ -312,136 +332,53 @@ def _check_norms(field, norm, split, layer_norms, final_norm, d):
     return layer_norms
 
 
-def _normed_sublayers(field, t, h, layer_norms):
-    """`(field, LayerNorm)` pairs of the sub-layers acting on `[t, t + h)`; the
-    layer is the one at the step's midpoint (robust to rounding of `t`)."""
-    k = field.index(t + 0.5 * h) if isinstance(field, Layerwise) else 0
-    base = field.layer(k) if isinstance(field, Layerwise) else field
-    subs = base.fields if (isinstance(base, Sum) and len(layer_norms) > 1) else (base,)
-    return tuple(zip(subs, (ln.at(k) for ln in layer_norms)))
-
-
-def _layer_fn(field, norm, split, tangent, args, h, t0, dtype, layer_norms=None):
-    manifold = field.manifold
-    raw = unprojected(field) if (norm == "pre" or not tangent) else field
-    if layer_norms is not None:
+def layer_solver(
+    field: AbstractField,
+    norm: str,
+    *,
+    split: bool = False,
+    tangent: bool = True,
+    layer_norms: "Sequence[LayerNorm] | None" = None,
+) -> tuple[AbstractField, AbstractManifoldSolver]:
+    """The field to integrate and the fixed-step solver making one step a layer of
+    `transformer` (arguments as there): a layer update rule (`PostNorm`, `PreNorm`,
+    `Residual`), or with `split` a `LieTrotter` splitting with one rule per term of
+    a `Sum` (possibly inside `Layerwise`)."""
+    raw = field
+    if norm == "pre" or not tangent or layer_norms is not None:
         raw = unprojected(field)
-
-        def normed(x, k):
-            t = t0 + jnp.asarray(k).astype(dtype) * h
-            for f, ln in _normed_sublayers(raw, t, h, layer_norms):
-                if norm == "pre":
-                    x = x + h * f(t, ln(x), args)
-                else:
-                    u = ln.affine(x)
-                    x = ln.normalize(x + h * (u - x + f(t, u, args)))
-            return x
-
-        return normed
-
-    def layer(x, k):
-        t = t0 + jnp.asarray(k).astype(dtype) * h
-        for f in _sublayers(raw, t, split):
-            if norm == "post":
-                x = manifold.retract(x, h * f(t, x, args))
-            elif norm == "pre":
-                x = x + h * f(t, manifold.project(x), args)
-            else:
-                x = x + h * f(t, x, args)
-        return x
-
-    return layer
+    parts = field_parts(raw) if split else (raw,)
+    times = field.times if isinstance(field, Layerwise) else None
+    if layer_norms is not None:
+        rule = PostNorm if norm == "post" else PreNorm
+        rules = tuple(
+            rule(norm=ln, times=times if ln.layered else None) for ln in layer_norms
+        )
+    elif norm == "none":
+        rules = (Residual(),) * len(parts)
+    else:
+        rule = PostNorm if norm == "post" else PreNorm
+        rules = (rule(norm=ManifoldNorm(field.manifold)),) * len(parts)
+    if len(parts) == 1:
+        return parts[0], rules[0]
+    splitting = LieTrotter(*parts, solver=rules, manifold=Euclidean())  # pyright: ignore[reportCallIssue]
+    return raw, splitting
 
 
 @eqx.filter_jit
 def _stack(field, y0, num_layers, h, t0, norm, split, tangent, args, norms=None):
-    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype, norms)
-    return _all_states(layer, y0, num_layers)
+    f, solver = layer_solver(
+        field, norm, split=split, tangent=tangent, layer_norms=norms
+    )
+    return fixed_steps(f, solver, y0, t0, h, num_layers, False, args)
 
 
 @eqx.filter_jit
 def _last(field, y0, num_layers, h, t0, norm, split, tangent, args, norms=None):
-    layer = _layer_fn(field, norm, split, tangent, args, h, t0, y0.dtype, norms)
-    return _last_state(layer, y0, num_layers)
-
-
-class RadiusSphere(AbstractManifold):
-    r"""The product $\mathbb R \times S^{d-1}$ of a radius and the unit sphere.
-
-    A point is a row $(r, \theta) \in \mathbb R^{1+d}$ with $|\theta| = 1$ (the radius
-    first); it stands for $x = r\theta \in \mathbb R^d$ (see `to_polar`,
-    `from_polar`). Tangent vectors are $(\dot r, \dot\theta)$ with
-    $\langle\theta, \dot\theta\rangle = 0$; the metric is the product (flat in `r`).
-    """
-
-    @property
-    def _sphere(self) -> Sphere:
-        return Sphere()
-
-    def check_dimension(self, d: int) -> None:
-        if d < 2:
-            raise ValueError(
-                f"`RadiusSphere` rows are `(r, theta)`, at least 2 entries; got {d}."
-            )
-
-    def _split(self, x):
-        x = jnp.asarray(x)
-        return x[..., :1], x[..., 1:]
-
-    def project(self, x):
-        r, th = self._split(x)
-        return jnp.concatenate([r, self._sphere.project(th)], axis=-1)
-
-    def to_tangent(self, x, v):
-        _, th = self._split(x)
-        vr, vth = self._split(v)
-        return jnp.concatenate([vr, self._sphere.to_tangent(th, vth)], axis=-1)
-
-    def exp(self, x, v):
-        r, th = self._split(x)
-        vr, vth = self._split(v)
-        return jnp.concatenate([r + vr, self._sphere.exp(th, vth)], axis=-1)
-
-    def retract(self, x, v):
-        return self.project(jnp.asarray(x) + jnp.asarray(v))
-
-    def log(self, x, y):
-        r, th = self._split(x)
-        s, ph = self._split(y)
-        return jnp.concatenate([s - r, self._sphere.log(th, ph)], axis=-1)
-
-    def transport(self, x, y, v):
-        _, th = self._split(x)
-        _, ph = self._split(y)
-        vr, vth = self._split(v)
-        return jnp.concatenate([vr, self._sphere.transport(th, ph, vth)], axis=-1)
-
-    def violation(self, x):
-        _, th = self._split(x)
-        return self._sphere.violation(th)
-
-    def group_exp(self, x, v, y):
-        _, th = self._split(x)
-        vr, vth = self._split(v)
-        r, ph = self._split(y)
-        return jnp.concatenate([r + vr, self._sphere.group_exp(th, vth, ph)], axis=-1)
-
-    def lie_algebra(self, y0, m):
-        r, th = self._split(y0)
-        parts = (Euclidean().lie_algebra(r, m), self._sphere.lie_algebra(th, m))
-        return ProductAlgebra(parts, (1, th.shape[-1]))
-
-    def project_along_normal(self, x, y):
-        _, th = self._split(x)
-        r, ph = self._split(y)
-        return jnp.concatenate([r, self._sphere.project_along_normal(th, ph)], axis=-1)
-
-    def random(self, key, shape, dtype=None):
-        x = super().random(key, shape, dtype)
-        return x.at[..., 0].set(1.0)
-
-
-RadiusSphere.__init__.__doc__ = """**Arguments:** None"""
+    f, solver = layer_solver(
+        field, norm, split=split, tangent=tangent, layer_norms=norms
+    )
+    return fixed_steps(f, solver, y0, t0, h, num_layers, True, args)
 
 
 def to_polar(x: Float[ArrayLike, "*b d"]) -> Float[Array, "*b d1"]:

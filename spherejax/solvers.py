@@ -14,3 +14,4 @@ from ._solver import (
     ProjectedInterpolation as ProjectedInterpolation,
     TangentBundleInterpolation as TangentBundleInterpolation,
 )
+from ._solver.splitting import field_parts as field_parts

@@ -1,11 +1,13 @@
 r"""Operator splitting: Lie–Trotter and Strang compositions of sub-flows."""
 
 import abc
+from collections.abc import Sequence
 
 import diffrax
+import equinox as eqx
 import jax
 
-from .._field import AbstractField, Sum
+from .._field import AbstractField, Layerwise, Sum
 from .._manifold import AbstractManifold
 from .base import AbstractManifoldSolver, projected_interpolation_cls
 from .retract import Retract
@@ -36,9 +38,31 @@ def _replace_field(term, field):
     )
 
 
+def field_parts(field: AbstractField) -> tuple[AbstractField, ...]:
+    """The parts a splitting applies one after the other: the terms of a `Sum`;
+    for a `Layerwise` field whose layers are `Sum`s, one `Layerwise` field per term
+    (same layer boundaries); any other field is one part."""
+    if isinstance(field, Sum):
+        return field.fields
+    if isinstance(field, Layerwise) and isinstance(field.stacked, Sum):
+        return tuple(
+            eqx.tree_at(lambda f: f.stacked, field, term)
+            for term in field.stacked.fields
+        )
+    return (field,)
+
+
+def _manifold_solver(solver) -> AbstractManifoldSolver:
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise ValueError(f"`solver` must be a diffrax solver; got {solver!r}.")
+    if not isinstance(solver, AbstractManifoldSolver):
+        solver = Retract(solver=solver)
+    return solver
+
+
 class _AbstractSplitting(AbstractManifoldSolver):
     fields: tuple[AbstractField, ...]
-    solver: AbstractManifoldSolver
+    solver: AbstractManifoldSolver | tuple[AbstractManifoldSolver, ...]
     manifold: AbstractManifold | None
 
     term_structure = diffrax.ODETerm
@@ -46,7 +70,7 @@ class _AbstractSplitting(AbstractManifoldSolver):
     def __init__(
         self,
         *fields: AbstractField,
-        solver: diffrax.AbstractSolver | None = None,
+        solver: diffrax.AbstractSolver | Sequence[diffrax.AbstractSolver] | None = None,
         manifold: AbstractManifold | None = None,
     ):
         for f in fields:
@@ -57,10 +81,15 @@ class _AbstractSplitting(AbstractManifoldSolver):
                 )
         if solver is None:
             solver = RKMK4()
-        if not isinstance(solver, diffrax.AbstractSolver):
-            raise ValueError(f"`solver` must be a diffrax solver; got {solver!r}.")
-        if not isinstance(solver, AbstractManifoldSolver):
-            solver = Retract(solver=solver)
+        if isinstance(solver, Sequence):
+            solver = tuple(_manifold_solver(s) for s in solver)
+            if fields and len(solver) != len(fields):
+                raise ValueError(
+                    f"`solver` holds {len(solver)} solvers for {len(fields)} parts; "
+                    "pass one solver, or one per part."
+                )
+        else:
+            solver = _manifold_solver(solver)
         self.fields = tuple(fields)
         self.solver = solver
         self.manifold = manifold
@@ -75,18 +104,28 @@ class _AbstractSplitting(AbstractManifoldSolver):
         if self.fields:
             return self.fields
         field = _find_field(terms)
-        if not isinstance(field, Sum):
+        parts = field_parts(field)
+        if len(parts) == 1 and parts[0] is field:
             raise ValueError(
                 f"`{type(self).__name__}()` without fields splits a `spherejax.Sum` "
-                f"field; got {type(field).__name__}. Pass the parts explicitly."
+                f"field (or a `Layerwise` of `Sum`s); got {type(field).__name__}. "
+                "Pass the parts explicitly."
             )
-        return field.fields
+        return parts
 
-    def _inner(self, manifold):
-        solver = self.solver
-        if solver.manifold is None:
-            solver = solver.with_manifold(manifold)
-        return solver
+    def _inner(self, manifold, count: int) -> tuple[AbstractManifoldSolver, ...]:
+        """One inner solver per part, each given `manifold` if it has none."""
+        solvers = self.solver
+        if not isinstance(solvers, tuple):
+            solvers = (solvers,) * count
+        elif len(solvers) != count:
+            raise ValueError(
+                f"`solver` holds {len(solvers)} solvers for {count} parts; pass one "
+                "solver, or one per part."
+            )
+        return tuple(
+            s.with_manifold(manifold) if s.manifold is None else s for s in solvers
+        )
 
     def _substep(self, inner, terms, part, ta, tb, y, args):
         """One step of the inner solver for the flow of `part` from `ta` to `tb`."""
@@ -106,8 +145,9 @@ class _AbstractSplitting(AbstractManifoldSolver):
         del solver_state, made_jump
         manifold = self._require_manifold()
         self._require_tokens(y0)
-        inner = self._inner(manifold)
-        y1 = self._compose(inner, terms, self._parts(terms), t0, t1, y0, args)
+        parts = self._parts(terms)
+        inner = self._inner(manifold, len(parts))
+        y1 = self._compose(inner, terms, parts, t0, t1, y0, args)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
     def single_step(self, terms, t0, t1, y0, args):
@@ -122,10 +162,12 @@ _split_doc = """**Arguments:**
 
 - `*fields`: the parts `f_1, ..., f_k` (spherejax fields). Their sum must be the
   field being solved (it is not checked); with no parts the solved field must be
-  a `spherejax.Sum`, whose summands are split.
+  a `spherejax.Sum` (or a `Layerwise` of `Sum`s), whose summands are split.
 - `solver`: the inner solver taking one step of each sub-flow: a spherejax
-  manifold solver, or any diffrax solver (wrapped in `Retract`). Default
-  `RKMK4()`. `Retract(diffrax.Euler())` gives the post-LN Transformer block.
+  manifold solver, or any diffrax solver (wrapped in `Retract`); or a sequence
+  of them, one per part (e.g. a layer update rule per sub-layer, each with its
+  own LayerNorm). Default `RKMK4()`. `Retract(diffrax.Euler())` gives the
+  post-LN Transformer block.
 - `manifold`: where tokens live; `None` lets `spherejax.solve` take it from the
   field.
 """
@@ -156,8 +198,8 @@ class LieTrotter(_AbstractSplitting):
 
     def _compose(self, inner, terms, parts, t0, t1, y0, args):
         y = y0
-        for part in parts:
-            y = self._substep(inner, terms, part, t0, t1, y, args)
+        for solver, part in zip(inner, parts):
+            y = self._substep(solver, terms, part, t0, t1, y, args)
         return y
 
 
@@ -186,11 +228,12 @@ class Strang(_AbstractSplitting):
     def _compose(self, inner, terms, parts, t0, t1, y0, args):
         tm = t0 + 0.5 * (t1 - t0)
         y = y0
-        for part in parts[:-1]:
-            y = self._substep(inner, terms, part, t0, tm, y, args)
-        y = self._substep(inner, terms, parts[-1], t0, t1, y, args)
-        for part in reversed(parts[:-1]):
-            y = self._substep(inner, terms, part, tm, t1, y, args)
+        pairs = tuple(zip(inner, parts))
+        for solver, part in pairs[:-1]:
+            y = self._substep(solver, terms, part, t0, tm, y, args)
+        y = self._substep(inner[-1], terms, parts[-1], t0, t1, y, args)
+        for solver, part in reversed(pairs[:-1]):
+            y = self._substep(solver, terms, part, tm, t1, y, args)
         return y
 
 

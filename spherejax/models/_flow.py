@@ -47,10 +47,12 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._attention import KeyMask
-from .._field import AbstractField, Layerwise, SelfAttention, Sum
+from .._field import AbstractField, Layerwise, SelfAttention
 from .._integrate import solve as _solve
 from .._manifold import AbstractManifold, Euclidean, LayerNormSphere
-from .._transformer import LayerNorm, transformer
+from .._solver.layer_update import ProjectedMidpoint
+from .._solver.splitting import Strang, field_parts
+from .._transformer import LayerNorm, fixed_steps, layer_solver, transformer
 
 
 def _at(field: AbstractField, k) -> AbstractField:
@@ -58,8 +60,7 @@ def _at(field: AbstractField, k) -> AbstractField:
 
 
 def _sublayers(field: AbstractField, k) -> tuple[AbstractField, ...]:
-    base = _at(field, k)
-    return base.fields if isinstance(base, Sum) else (base,)
+    return field_parts(_at(field, k))
 
 
 def _with_key_mask(field: AbstractField, key_mask: Array | None) -> AbstractField:
@@ -151,6 +152,23 @@ class ResidualFlow(AbstractField):
         k = self.field.index(t) if isinstance(self.field, Layerwise) else 0
         v = self.velocities(k, y, args)
         return sum(v[1:], v[0])
+
+    def _on(self, field, layer_norms) -> "ResidualFlow":
+        flow = ResidualFlow(field, layer_norms, self.norm)
+        return eqx.tree_at(lambda f: f.manifold, flow, self.manifold)
+
+    def layer(self, k) -> "ResidualFlow":
+        """The flow of layer `k` alone: its sub-layers and LayerNorms, for all `t`
+        (`k` may be traced)."""
+        return self._on(_at(self.field, k), tuple(ln.at(k) for ln in self.layer_norms))
+
+    def parts(self) -> tuple["ResidualFlow", ...]:
+        """One flow per sub-layer (with its LayerNorm), on the same manifold: the
+        parts a splitting composes."""
+        return tuple(
+            self._on(f, (ln,))
+            for f, ln in zip(field_parts(self.field), self.layer_norms)
+        )
 
 
 class TransformerFlow(eqx.Module):
@@ -487,52 +505,27 @@ def _network(model: TransformerFlow, x0: Array, mask: Array) -> Array:
 
 @eqx.filter_jit
 def _substeps(model: TransformerFlow, x0, mask, m, scheme: str, restart=False):
+    """Layer `k` of the flow of each sequence run as `m` steps of `h = 1/m`: Lie,
+    `LieTrotter` of the network's own layer update rules (`m = 1` is the network);
+    Strang, `Strang` of the sub-layer flows with `ProjectedMidpoint` sub-steps."""
     dtype = x0.dtype
     h = 1.0 / m.astype(dtype)
+    t0 = jnp.zeros((), dtype)
 
     def one(x, msk):
         flow = model.flow(msk)
-        M = flow.manifold
-
-        def sub_velocity(k, s, y):
-            f = _sublayers(flow.field, k)[s]
-            ln = flow.layer_norms[s].at(k)
-            if model.norm == "post":
-                u = ln.affine(y)
-                if scheme == "lie":  # the literal residual: exact at h = 1
-                    return u - y + f(0.0, u)
-                return M.to_tangent(y, u + f(0.0, u))  # tangent at its own point
-            return f(0.0, ln(y))
-
-        def retract(k, s, y, v, tau):
-            if model.norm == "post":
-                if scheme == "lie":
-                    return flow.layer_norms[s].normalize(y + tau * v)
-                return M.project(y + tau * M.to_tangent(y, v))
-            return y + tau * v
-
-        def lie(k, y):
-            for s in range(len(flow.layer_norms)):
-                y = retract(k, s, y, sub_velocity(k, s, y), h)
-            return y
-
-        def midpoint(k, s, y, tau):
-            ym = retract(k, s, y, sub_velocity(k, s, y), 0.5 * tau)
-            return retract(k, s, y, sub_velocity(k, s, ym), tau)
-
-        def strang(k, y):
-            S = len(flow.layer_norms)
-            for s in range(S - 1):
-                y = midpoint(k, s, y, 0.5 * h)
-            y = midpoint(k, S - 1, y, h)
-            for s in reversed(range(S - 1)):
-                y = midpoint(k, s, y, 0.5 * h)
-            return y
-
-        step = lie if scheme == "lie" else strang
 
         def run_layer(k, y):
-            return jax.lax.fori_loop(0, m, lambda _, y: step(k, y), y)
+            layer = flow.layer(k)
+            if scheme == "lie":
+                field, solver = layer_solver(
+                    layer.field, model.norm, split=True, layer_norms=layer.layer_norms
+                )
+            else:
+                field = layer
+                inner = ProjectedMidpoint(manifold=flow.manifold)
+                solver = Strang(*layer.parts(), solver=inner, manifold=flow.manifold)  # pyright: ignore[reportCallIssue]
+            return fixed_steps(field, solver, y, t0, h, m, True)
 
         if restart:  # x holds the L + 1 states; layer k starts from x[k]
             ks = jnp.arange(model.num_layers)

@@ -1,7 +1,17 @@
 """Discrete Transformers as time discretisations of attention flows: residual stacks
-(`transformer`), `LayerNorm`, the pre-LN flow on `RadiusSphere` with its polar
-coordinates, and the operator splitting of Tai, Liu, Li and Chan."""
+(`transformer`), the layer update rules as fixed-step solvers (`PostNorm`,
+`PreNorm`, `Residual`, `ProjectedMidpoint`, built by `layer_solver`), `LayerNorm`
+and `ManifoldNorm`, the pre-LN flow on `RadiusSphere` with its polar coordinates,
+and the operator splitting of Tai, Liu, Li and Chan."""
 
+from .._solver.layer_update import (
+    AbstractLayerUpdate as AbstractLayerUpdate,
+    ManifoldNorm as ManifoldNorm,
+    PostNorm as PostNorm,
+    PreNorm as PreNorm,
+    ProjectedMidpoint as ProjectedMidpoint,
+    Residual as Residual,
+)
 from .._tai import (
     MovingLayerNorm as MovingLayerNorm,
     TaiFlow as TaiFlow,
@@ -14,6 +24,7 @@ from .._transformer import (
     PreLNFlow as PreLNFlow,
     RadiusSphere as RadiusSphere,
     from_polar as from_polar,
+    layer_solver as layer_solver,
     to_polar as to_polar,
     transformer as transformer,
     unprojected as unprojected,
