@@ -87,6 +87,20 @@ def _available() -> str:
     )
 
 
+def check_plain_solver(solver) -> diffrax.AbstractSolver:
+    """`solver` (default `diffrax.Tsit5()`) as a diffrax solver, for states that are
+    not tokens (densities)."""
+    if solver is None:
+        return diffrax.Tsit5()
+    if not isinstance(solver, diffrax.AbstractSolver):
+        explicit = ", ".join(sorted([*_names(diffrax, diffrax.AbstractERK), "Euler"]))
+        raise ValueError(
+            f"`solver` must be a diffrax solver (explicit: {explicit}; or any "
+            f"other `diffrax.AbstractSolver`); got {type(solver).__name__}."
+        )
+    return solver
+
+
 def check_solver(solver, manifold: AbstractManifold) -> AbstractManifoldSolver:
     """`solver` (default `Retract(Tsit5())`) as a manifold solver acting on
     `manifold`: a diffrax solver is wrapped in `Retract`, a solver without a
@@ -222,7 +236,7 @@ def check_step(checks, dtype, dt0, t0: Array, t1: Array, max_steps) -> Array | N
     return dt0
 
 
-def _token_scale(y: Array) -> float:
+def token_scale(y: Array) -> float:
     """`max(1, max |y|)` for a concrete `y` (1 if traced or not finite)."""
     if not is_concrete(y) or y.size == 0:
         return 1.0
@@ -267,7 +281,7 @@ def problem(
     )
     default_adaptive = stepsize_controller is None and dt0 is None
     if default_adaptive:
-        _checks.tolerances(checks, rtol, atol, y0.dtype, _token_scale(y0))
+        _checks.tolerances(checks, rtol, atol, y0.dtype, token_scale(y0))
     dt0 = check_step(checks, y0.dtype, dt0, t0, t1, max_steps)
     y0, t0, t1 = checks.attach((y0, t0, t1))
     return Problem(
