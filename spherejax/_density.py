@@ -57,6 +57,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from . import _checks, _prepare, _step_size
+from ._custom_types import RealScalarLike
 from ._field import _scalar
 from ._misc import is_concrete
 
@@ -720,9 +721,9 @@ SphereDensity.__init__.__doc__ = """**Arguments:**
 def solve_density(
     density: AbstractDensity,
     rho0: ArrayLike,
-    t1: ArrayLike,
+    t1: RealScalarLike,
     *,
-    t0: ArrayLike = 0.0,
+    t0: RealScalarLike = 0.0,
     ts: ArrayLike | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,

@@ -44,6 +44,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
 from . import _prepare
+from ._custom_types import RealScalarLike
 from ._field import AbstractField
 from ._integrate import integrate
 from ._manifold import AbstractManifold
@@ -149,7 +150,7 @@ def _stages_written_out(solver, adjoint):
 def solve_ensemble(
     field: AbstractField,
     y0s: ArrayLike,
-    t1: ArrayLike,
+    t1: RealScalarLike,
     *,
     step_size: str = "independent",
     batched_field: bool = False,

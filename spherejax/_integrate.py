@@ -6,6 +6,7 @@ import diffrax
 from jaxtyping import ArrayLike
 
 from . import _prepare, _step_size
+from ._custom_types import RealScalarLike
 from ._field import AbstractField
 
 
@@ -21,15 +22,15 @@ def _progress_meter():
 def solve(
     field: AbstractField,
     y0: ArrayLike,
-    t1: ArrayLike,
+    t1: RealScalarLike,
     *,
-    t0: ArrayLike = 0.0,
+    t0: RealScalarLike = 0.0,
     solver: diffrax.AbstractSolver | None = None,
     saveat: diffrax.SaveAt | None = None,
     ts: ArrayLike | None = None,
     rtol: float | ArrayLike = 1e-6,
     atol: float | ArrayLike = 1e-8,
-    dt0: ArrayLike | None = None,
+    dt0: RealScalarLike | None = None,
     max_steps: int | None = 16**4,
     adjoint: diffrax.AbstractAdjoint | None = None,
     progress: bool = False,

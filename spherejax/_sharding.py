@@ -24,6 +24,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import _prepare
 from ._attention import attend_rows
+from ._custom_types import RealScalarLike
 from ._ensemble import EnsembleField
 from ._field import AbstractField, SelfAttention
 from ._integrate import integrate
@@ -89,7 +90,7 @@ def shard_tokens(y: ArrayLike, mesh: Mesh, axis: str | None = None) -> Array:
 def sharded_solve(
     field: AbstractField,
     y0s: Float[Array, "batch n d"],
-    t1: ArrayLike,
+    t1: RealScalarLike,
     *,
     mesh: Mesh,
     axis: str | None = None,
