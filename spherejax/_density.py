@@ -772,7 +772,7 @@ def solve_density(
     dtype = rho0.dtype
     t0, t1, saveat = _prepare.check_times(checks, dtype, t0, t1, ts, None)
     _checks.tolerances(checks, rtol, atol, dtype, _prepare.token_scale(rho0))
-    max_steps = _checks.max_steps_value(max_steps)
+    budget = _checks.max_steps_value(max_steps)
     rho0, t0, t1 = checks.attach((rho0, t0, t1))
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
     sol = diffrax.diffeqsolve(
@@ -786,7 +786,7 @@ def solve_density(
         saveat=saveat,
         stepsize_controller=_step_size.guard_nonfinite(controller),
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
-        max_steps=max_steps,
+        max_steps=budget,
         throw=False,
     )
     ys = cast(Array, sol.ys)

@@ -52,8 +52,11 @@ def at_jumps(
     controller: diffrax.AbstractStepSizeController, jump_ts: Array | None
 ) -> diffrax.AbstractStepSizeController:
     """`controller`, stepping exactly onto each of `jump_ts` (if any) and restarting
-    there (`diffrax.ClipStepSizeController`)."""
-    if jump_ts is None:
+    there (`diffrax.ClipStepSizeController`). Constant steps are left as they
+    are: where they fall is the caller's choice."""
+    if jump_ts is None or not isinstance(
+        controller, diffrax.AbstractAdaptiveStepSizeController
+    ):
         return controller
     return diffrax.ClipStepSizeController(controller, jump_ts=jump_ts)
 
