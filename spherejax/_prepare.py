@@ -77,14 +77,18 @@ def _names(module, base: type) -> list[str]:
     )
 
 
+def _explicit_diffrax() -> str:
+    return ", ".join(sorted([*_names(diffrax, diffrax.AbstractERK), "Euler"]))
+
+
 def _available() -> str:
-    ours = ", ".join(_names(_solver, AbstractManifoldSolver))
-    theirs = ", ".join(sorted([*_names(diffrax, diffrax.AbstractERK), "Euler"]))
-    plain = set(_names(_solver, diffrax.AbstractSolver)) - set(ours.split(", "))
+    manifold = _names(_solver, AbstractManifoldSolver)
+    plain = [n for n in _names(_solver, diffrax.AbstractSolver) if n not in manifold]
     return (
-        f"a spherejax manifold solver ({ours}, or `Retract(...)` around a diffrax "
-        f"solver) or an explicit diffrax solver ({theirs}, or spherejax's "
-        f"{', '.join(sorted(plain))}; wrapped in `Retract`)"
+        f"a spherejax manifold solver ({', '.join(manifold)}, or `Retract(...)` "
+        f"around a diffrax solver) or an explicit diffrax solver "
+        f"({_explicit_diffrax()}, or spherejax's {', '.join(plain)}; wrapped in "
+        "`Retract`)"
     )
 
 
@@ -94,10 +98,9 @@ def check_plain_solver(solver) -> diffrax.AbstractSolver:
     if solver is None:
         return diffrax.Tsit5()
     if not isinstance(solver, diffrax.AbstractSolver):
-        explicit = ", ".join(sorted([*_names(diffrax, diffrax.AbstractERK), "Euler"]))
         raise ValueError(
-            f"`solver` must be a diffrax solver (explicit: {explicit}; or any "
-            f"other `diffrax.AbstractSolver`); got {type(solver).__name__}."
+            f"`solver` must be a diffrax solver (explicit: {_explicit_diffrax()}; "
+            f"or any other `diffrax.AbstractSolver`); got {type(solver).__name__}."
         )
     return solver
 
