@@ -182,6 +182,9 @@ def solve_ensemble(
     - `solve_kwargs`: any other keyword of `solve` (`solver`, `saveat`, `ts`,
       `dt0`, `t0`, `max_steps`, `adjoint`, `args`).
 
+    The inputs are checked as `solve` checks its own, once for the whole
+    ensemble (messages name `y0s`), never again per member.
+
     The default solver is `Retract(Tsit5())`, as for `solve`. An explicit diffrax
     Runge–Kutta method (`Tsit5`, `Dopri5`, `Bosh3`, ..., bare or in `Retract`) runs
     with its stages written out instead of diffrax's loop over a stage buffer: the
