@@ -64,11 +64,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from . import _checks
 from ._attention import Chunked, Dense
 from ._field import AbstractField, SelfAttention
 from ._manifold import AbstractManifold, Sphere
 from ._solver.retract import Retract, with_scan_kind
+from ._step_size import FiniteAdaptiveSteps, FiniteSteps, guard_nonfinite
 
 
 class ReplayAdjoint(diffrax.AbstractAdjoint):
@@ -189,8 +189,8 @@ def _controller(controller, ts):
     """The replay's controller: the error norm sees the tokens only (not the radial
     component), so the steps are those of the plain solve; every save time is a
     step end. A controller wrapped by `solve`'s non-finite guard keeps its guard."""
-    if isinstance(controller, (_checks.FiniteSteps, _checks.FiniteAdaptiveSteps)):
-        return _checks.guard_nonfinite(_controller(controller.controller, ts))
+    if isinstance(controller, (FiniteSteps, FiniteAdaptiveSteps)):
+        return guard_nonfinite(_controller(controller.controller, ts))
     if isinstance(controller, (diffrax.PIDController, diffrax.ClipStepSizeController)):
         extra = None
         if isinstance(controller, diffrax.ClipStepSizeController):

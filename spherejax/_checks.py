@@ -14,7 +14,6 @@ per step.
 import math
 import numbers
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -97,6 +96,16 @@ def _where_bad(a: np.ndarray) -> str:
     return f" (first at index {tuple(int(i) for i in bad[0])}, {bad.shape[0]} in all)"
 
 
+def as_float(x: ArrayLike) -> Array:
+    """`x` as a JAX array, integer and boolean input cast to the default float type
+    (float64 under `jax_enable_x64`, else float32); floating and complex input keep
+    their dtype."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
 def real_floating(name: str, x: ArrayLike) -> Array:
     """`x` as a JAX array of a real floating dtype: integers and booleans are cast to
     the default float; complex values raise `ValueError`."""
@@ -110,9 +119,7 @@ def real_floating(name: str, x: ArrayLike) -> Array:
         ) from e
     if jnp.issubdtype(x.dtype, jnp.complexfloating):
         raise ValueError(f"`{name}` must be real; got dtype {x.dtype}.")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
+    return as_float(x)
 
 
 def tokens(name: str, y: Array) -> None:
@@ -270,123 +277,3 @@ def finite_scalars(dtype, **values: ArrayLike) -> tuple[Array, ...]:
         checks.finite(name, a)
         out.append(a.astype(dtype))
     return checks.attach(tuple(out))
-
-
-# ---------------------------------------------------------------------------
-# NaN/inf produced during a solve.
-# ---------------------------------------------------------------------------
-
-#: consecutive rejected steps with a non-finite candidate state (or error estimate)
-#: after which an adaptive solve stops with `diffrax.RESULTS.nonfinite`. Each
-#: rejection shrinks the step by the controller's `factormin` (0.2 by default for
-#: `diffrax.PIDController`), so this is a step 0.2**20 ~ 1e-14 times the first.
-NONFINITE_REJECTIONS = 20
-
-
-def _all_finite(tree) -> Array:
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree_util.tree_leaves(tree)
-        if eqx.is_inexact_array(x)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _nonfinite_result(pred, result):
-    nonfinite: diffrax.RESULTS = diffrax.RESULTS.nonfinite  # pyright: ignore
-    return diffrax.RESULTS.where(
-        pred & (result == diffrax.RESULTS.successful), nonfinite, result
-    )
-
-
-class FiniteSteps(diffrax.AbstractStepSizeController):
-    """Wraps a step size controller without an error estimate (constant steps,
-    `StepTo`): a step whose state is not finite ends the solve with
-    `diffrax.RESULTS.nonfinite` ("Nonfinite (inf or nan) values detected during
-    solve.") instead of carrying NaN to the end with a successful result. The check
-    is one reduction over the state per step."""
-
-    controller: diffrax.AbstractStepSizeController
-
-    def __init__(self, controller: diffrax.AbstractStepSizeController):
-        self.controller = controller
-
-    def wrap(self, direction):
-        return FiniteSteps(self.controller.wrap(direction))
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        return self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-
-    def adapt_step_size(
-        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
-    ):
-        out = self.controller.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
-        )
-        keep, tprev, tnext, made_jump, state, result = out
-        bad = jnp.asarray(keep) & ~_all_finite(y1_candidate)
-        return keep, tprev, tnext, made_jump, state, _nonfinite_result(bad, result)
-
-
-class FiniteAdaptiveSteps(diffrax.AbstractAdaptiveStepSizeController):
-    """Wraps an adaptive step size controller. A step whose candidate state or error
-    estimate is not finite is rejected (as diffrax does) and retried smaller, which
-    recovers from a trial step that left the region where the field is finite;
-    after `NONFINITE_REJECTIONS` such rejections in a row (or an accepted
-    non-finite state) the solve ends with `diffrax.RESULTS.nonfinite` instead of
-    spending the whole `max_steps` budget on rejected steps. The check is one
-    reduction over the state per step."""
-
-    controller: diffrax.AbstractAdaptiveStepSizeController
-
-    def __init__(self, controller: diffrax.AbstractAdaptiveStepSizeController):
-        self.controller = controller
-
-    @property
-    def rtol(self):
-        return self.controller.rtol
-
-    @property
-    def atol(self):
-        return self.controller.atol
-
-    @property
-    def norm(self):  # pyright: ignore[reportIncompatibleMethodOverride]
-        return self.controller.norm
-
-    def wrap(self, direction):
-        inner = self.controller.wrap(direction)
-        return FiniteAdaptiveSteps(inner)  # pyright: ignore[reportArgumentType]
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        tnext, state = self.controller.init(
-            terms, t0, t1, y0, dt0, args, func, error_order
-        )
-        return tnext, (state, jnp.asarray(0, jnp.int32))
-
-    def adapt_step_size(
-        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
-    ):
-        state, count = controller_state
-        out = self.controller.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, state
-        )
-        keep, tprev, tnext, made_jump, state, result = out
-        keep = jnp.asarray(keep)
-        finite = _all_finite(y1_candidate) & _all_finite(y_error)
-        count = jnp.where(finite, 0, count + 1)
-        bad = (keep & ~_all_finite(y1_candidate)) | (count >= NONFINITE_REJECTIONS)
-        result = _nonfinite_result(bad, result)
-        return keep, tprev, tnext, made_jump, (state, count), result
-
-
-def guard_nonfinite(
-    controller: diffrax.AbstractStepSizeController,
-) -> diffrax.AbstractStepSizeController:
-    """`controller` wrapped so that NaN/inf states end the solve with
-    `diffrax.RESULTS.nonfinite` (see `FiniteSteps`, `FiniteAdaptiveSteps`)."""
-    if isinstance(controller, FiniteSteps | FiniteAdaptiveSteps):
-        return controller
-    if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
-        return FiniteAdaptiveSteps(controller)
-    return FiniteSteps(controller)

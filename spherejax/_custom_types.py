@@ -1,13 +1,8 @@
 """jaxtyping aliases used across spherejax."""
 
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import ArrayLike, Real
 
 
-Tokens = Float[Array, "n d"]
-"""Token configuration: `n` points of `R^d`, one per row."""
-
-Path = Float[Array, "t n d"]
-"""A discretised path of token configurations."""
-
-Scalar = Float[Array, ""]
-ScalarLike = float | Float[ArrayLike, ""]
+RealScalarLike = Real[ArrayLike, ""]
+"""A real scalar: a Python or NumPy number or a 0-d array (possibly traced), as
+the times `t0`, `t1` and the step `dt0` of a solve."""

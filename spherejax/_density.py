@@ -45,7 +45,9 @@ $\frac{d}{dt}E = \int\rho\,Z\,|v|^2 \ge 0$ (SA) and $\frac{d}{dt}E = \int\rho|v|
     models*, arXiv:2410.23228.
 """
 
+import abc
 import math
+from typing import cast
 
 import diffrax
 import equinox as eqx
@@ -54,6 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from . import _checks, _prepare, _step_size
+from ._custom_types import RealScalarLike
 from ._field import _scalar
 from ._misc import is_concrete
 
@@ -87,9 +91,7 @@ def _check_beta(beta, limit: float, what: str) -> Array:
 
 
 def _check_value(V) -> Array:
-    V = jnp.asarray(V)
-    if not jnp.issubdtype(V.dtype, jnp.floating):
-        V = V.astype(jnp.result_type(float))
+    V = _checks.as_float(V)
     if V.shape != (2, 2):
         raise ValueError(f"`V` must be a 2x2 matrix; got shape {V.shape}.")
     if is_concrete(V) and not bool(jnp.all(jnp.isfinite(V))):
@@ -97,7 +99,47 @@ def _check_value(V) -> Array:
     return V
 
 
-class CircleDensity(eqx.Module):
+class AbstractDensity(eqx.Module):
+    r"""A discretised mean-field density: a vector field `(t, state, args) ->
+    d state/dt` for `diffrax.ODETerm`, integrated by `solve_density`.
+
+    A final subclass fixes what its state is (nodal values, harmonic
+    coefficients, ...) and implements the methods below; `solve_density` calls
+    only these.
+    """
+
+    beta: eqx.AbstractVar[Float[Array, ""]]
+    diffusion: eqx.AbstractVar[Float[Array, ""]]
+
+    @abc.abstractmethod
+    def check_state(self, state: ArrayLike, /) -> Array:
+        """`state` as an array, with a `ValueError` if its shape is not this
+        discretisation's."""
+
+    @abc.abstractmethod
+    def kernel(self, dtype=None) -> Array:
+        """The interaction kernel's spectrum, computed once per solve and passed to
+        `__call__` as `args`."""
+
+    @abc.abstractmethod
+    def nodal(self, states: Array, /) -> Array:
+        """The density at the grid nodes of each of `states` (shape `(..., S)`),
+        where its sign is checked."""
+
+    @abc.abstractmethod
+    def __call__(self, t, state: Array, args=None, /) -> Array:
+        """The right-hand side; `args` may hold `self.kernel()` precomputed."""
+
+    @abc.abstractmethod
+    def mass(self, state: ArrayLike, /) -> Array:
+        r"""$\int\rho$ of each state (shape `(..., S)`)."""
+
+    @abc.abstractmethod
+    def energy(self, state: ArrayLike, /) -> Float[Array, ""]:
+        r"""The interaction energy $E_\beta[\rho]$."""
+
+
+class CircleDensity(AbstractDensity):
     r"""The mean-field continuity equation on the circle, discretised by a
     Fourier pseudo-spectral method; a vector field `(t, rho, args) -> drho/dt`
     for `diffrax.ODETerm`.
@@ -198,7 +240,8 @@ class CircleDensity(eqx.Module):
         j = jnp.arange(self.modes, dtype=jnp.result_type(float))
         return 2 * jnp.pi * j / self.modes
 
-    def _check(self, rho: ArrayLike) -> Array:
+    def check_state(self, rho: ArrayLike) -> Array:
+        """`rho` (the values at the nodes) as an array."""
         rho = jnp.asarray(rho)
         if rho.shape != (self.modes,):
             raise ValueError(
@@ -218,6 +261,14 @@ class CircleDensity(eqx.Module):
         psi = 2 * jnp.pi * jnp.arange(P, dtype=dtype) / P
         kern = jnp.exp(self.beta.astype(dtype) * (jnp.cos(psi) - 1))
         return jnp.fft.rfft(kern).real[: self.modes // 2 + 1] / P
+
+    def kernel(self, dtype=None) -> Float[Array, " K"]:
+        """`self.bessel(dtype)`."""
+        return self.bessel(dtype)
+
+    def nodal(self, states: Array) -> Array:
+        """The states themselves (nodal values)."""
+        return states
 
     def _spectrum(self, rho: Array) -> Array:
         """Fourier coefficients `rho_hat_k`, k = 0..M/2, Nyquist set to zero."""
@@ -279,7 +330,7 @@ class CircleDensity(eqx.Module):
 
     def velocity(self, rho: Float[ArrayLike, " M"]) -> Float[Array, " M"]:
         r"""The angular velocity $v[\rho](\theta_j)$ at the nodes."""
-        rho = self._check(rho)
+        rho = self.check_state(rho)
         (_, z, dz), rho_hat, ive = self._fields(rho)
         return self._flow_fine(z, dz, rho_hat, ive)[::2]
 
@@ -287,7 +338,7 @@ class CircleDensity(eqx.Module):
         """The right-hand side; `args` may hold `self.bessel()` precomputed (as
         `solve_density` passes it, so the kernel is transformed once per solve)."""
         del t
-        rho = self._check(rho)
+        rho = self.check_state(rho)
         (rho_f, z, dz), rho_hat, ive = self._fields(rho, args)
         flux = rho_f * self._flow_fine(z, dz, rho_hat, ive)
         P = 2 * self.modes
@@ -308,7 +359,7 @@ class CircleDensity(eqx.Module):
         \rho(\theta)\rho(\phi)\,d\theta\,d\phi
         = \frac{(2\pi)^2}{2\beta}\sum_k I_k(\beta)|\hat\rho_k|^2$ (exact for the
         interpolant)."""
-        rho = self._check(rho)
+        rho = self.check_state(rho)
         rho_hat = self._spectrum(rho)
         ive = self.bessel(rho.dtype)
         weight = jnp.full(rho_hat.shape, 2.0, rho.dtype).at[0].set(1.0)
@@ -322,7 +373,7 @@ class CircleDensity(eqx.Module):
         the padded grid. With a general `V`: $\int\rho Z v_I v$ (SA) or
         $\int\rho v_I v$ (USA), $v_I$ the field for $V = I$ (still $dE/dt$, but of
         either sign)."""
-        rho = self._check(rho)
+        rho = self.check_state(rho)
         (rho_f, z, dz), rho_hat, ive = self._fields(rho)
         v = self._velocity_fine(z, dz)
         if self.V is None:
@@ -336,7 +387,7 @@ class CircleDensity(eqx.Module):
     def coefficients(self, rho: Float[ArrayLike, " M"], modes: int) -> Array:
         r"""The complex Fourier coefficients $\int e^{-ik\theta}\rho\,d\theta$ for
         $k = 1..$`modes` (the same normalisation as `empirical_fourier`)."""
-        rho = self._check(rho)
+        rho = self.check_state(rho)
         if int(modes) != modes or not 1 <= modes < self.modes // 2:
             raise ValueError(
                 f"`modes` must be an integer in [1, {self.modes // 2 - 1}]; "
@@ -503,7 +554,7 @@ def sphere_quadrature(n_lat: int, n_lon: int):
     return x, w
 
 
-class SphereDensity(eqx.Module):
+class SphereDensity(AbstractDensity):
     r"""The mean-field continuity equation on $S^2$ by a spherical-harmonic
     Galerkin method; a vector field `(t, c, args) -> dc/dt` for
     `diffrax.ODETerm`.
@@ -575,7 +626,8 @@ class SphereDensity(eqx.Module):
         e = jnp.exp(self.beta.astype(dtype) * (self.gl_nodes.astype(dtype) - 1))
         return 2 * jnp.pi * (self.gl_legendre.astype(dtype) @ e)
 
-    def _check(self, c: ArrayLike) -> Array:
+    def check_state(self, c: ArrayLike) -> Array:
+        """`c` (the harmonic coefficients) as an array."""
         c = jnp.asarray(c)
         if c.shape != (self.size,):
             raise ValueError(
@@ -583,6 +635,14 @@ class SphereDensity(eqx.Module):
                 f"{self.degree}; got shape {c.shape}."
             )
         return c
+
+    def kernel(self, dtype=None) -> Float[Array, " L1"]:
+        """`self.funk_hecke(dtype)`."""
+        return self.funk_hecke(dtype)
+
+    def nodal(self, states: Array) -> Array:
+        """The density at `self.points` of each of `states` (`(..., S)`)."""
+        return states @ self.basis.astype(states.dtype).T
 
     def project(self, values: Float[ArrayLike, " q"]) -> Float[Array, " S"]:
         """Coefficients of a function given by its `values` at `self.points`
@@ -597,7 +657,7 @@ class SphereDensity(eqx.Module):
 
     def values(self, c: Float[ArrayLike, " S"]) -> Float[Array, " q"]:
         """The density at `self.points`."""
-        c = self._check(c)
+        c = self.check_state(c)
         return self.basis.astype(c.dtype) @ c
 
     def _fields(self, c: Array, kappa: Array | None = None):
@@ -618,14 +678,14 @@ class SphereDensity(eqx.Module):
 
     def velocity(self, c: Float[ArrayLike, " S"]) -> Float[Array, "q 3"]:
         """The velocity field $v[\\rho]$ at `self.points` (tangent 3-vectors)."""
-        c = self._check(c)
+        c = self.check_state(c)
         _, z, dz = self._fields(c)
         return self._velocity(z, dz)
 
     def __call__(self, t, c: Float[Array, " S"], args=None) -> Float[Array, " S"]:
         """The right-hand side; `args` may hold `self.funk_hecke()` precomputed."""
         del t
-        c = self._check(c)
+        c = self.check_state(c)
         rho, z, dz = self._fields(c, args)
         flux = (self.weights.astype(c.dtype) * rho)[:, None] * self._velocity(z, dz)
         rate = jnp.einsum("qsk,qk->s", self.gradients.astype(c.dtype), flux)
@@ -639,7 +699,7 @@ class SphereDensity(eqx.Module):
     def energy(self, c: Float[ArrayLike, " S"]) -> Float[Array, ""]:
         r"""$E_\beta[\rho] = \frac{1}{2\beta}\sum_{lm}\kappa_l c_{lm}^2$ (exact for
         degree $\le L$)."""
-        c = self._check(c)
+        c = self.check_state(c)
         kappa = self.funk_hecke(c.dtype)[jnp.asarray(self._degrees())]
         beta = self.beta.astype(c.dtype)
         return jnp.exp(beta) * jnp.sum(kappa * c**2) / (2 * beta)
@@ -659,11 +719,11 @@ SphereDensity.__init__.__doc__ = """**Arguments:**
 
 
 def solve_density(
-    density: CircleDensity | SphereDensity,
+    density: AbstractDensity,
     rho0: ArrayLike,
-    t1: ArrayLike,
+    t1: RealScalarLike,
     *,
-    t0: ArrayLike = 0.0,
+    t0: RealScalarLike = 0.0,
     ts: ArrayLike | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
@@ -672,6 +732,7 @@ def solve_density(
     max_steps: int = 16**4,
     check_positive: bool = True,
     negativity_tol: float = 1e-6,
+    throw: bool = True,
 ) -> diffrax.Solution:
     r"""Integrate a density from `t0` to `t1` with `diffrax.diffeqsolve`.
 
@@ -681,7 +742,7 @@ def solve_density(
     **Arguments:**
 
     - `density`: a `CircleDensity` (state: nodal values) or `SphereDensity`
-      (state: harmonic coefficients).
+      (state: harmonic coefficients), or any `AbstractDensity`.
     - `rho0`: the initial state.
     - `t1`, `t0`: end and start times.
     - `ts`: save times (default: `t1` only).
@@ -689,61 +750,57 @@ def solve_density(
     - `solver`, `adjoint`, `max_steps`: passed to `diffrax.diffeqsolve`.
     - `check_positive`: fail (`eqx.error_if`, an error at run time) if a saved
       density is below `-negativity_tol * max|rho|` at a node: the density is no
-      longer resolved (see the class docstrings). A failed solve (step budget
-      exhausted, which is how an unresolved spectral solution usually ends) is
-      reported the same way.
+      longer resolved (see the class docstrings).
+    - `throw`: a failed solve (step budget exhausted, or NaN/inf, which is how an
+      unresolved spectral solution usually ends) raises an error saying so; with
+      `throw=False` inspect `sol.result` instead.
+
+    Inputs are checked as `spherejax.solve` checks its own (`rho0` finite, times,
+    `ts`, tolerances, `max_steps`); a NaN or inf produced during the solve ends it
+    with `diffrax.RESULTS.nonfinite` rather than exhausting `max_steps`.
 
     **Returns:** a `diffrax.Solution`; `sol.ys` has shape `(T, *rho0.shape)`.
     """
-    if not isinstance(density, CircleDensity | SphereDensity):
+    if not isinstance(density, AbstractDensity):
         raise ValueError(
-            "`density` must be a `CircleDensity` or `SphereDensity`; got "
-            f"{type(density).__name__}."
+            "`density` must be a spherejax density (`CircleDensity`, "
+            f"`SphereDensity`); got {type(density).__name__}."
         )
-    rho0 = jnp.asarray(rho0)
-    if not jnp.issubdtype(rho0.dtype, jnp.floating):
-        rho0 = rho0.astype(jnp.result_type(float))
-    rho0 = density._check(rho0)
-    if is_concrete(rho0) and not bool(jnp.all(jnp.isfinite(rho0))):
-        raise ValueError("`rho0` contains NaN or inf.")
+    checks = _checks.Checks()
+    rho0 = density.check_state(_checks.real_floating("rho0", rho0))
+    checks.finite("rho0", rho0)
     dtype = rho0.dtype
-    if ts is not None:
-        ts = jnp.asarray(ts, dtype)
-        if ts.ndim != 1:
-            raise ValueError(f"`ts` must be one-dimensional; got shape {ts.shape}.")
-        saveat = diffrax.SaveAt(ts=ts)
-    else:
-        saveat = diffrax.SaveAt(t1=True)
+    t0, t1, saveat = _prepare.check_times(checks, dtype, t0, t1, ts, None)
+    _checks.tolerances(checks, rtol, atol, dtype, _prepare.token_scale(rho0))
+    budget = _checks.max_steps_value(max_steps)
+    rho0, t0, t1 = checks.attach((rho0, t0, t1))
+    controller = diffrax.PIDController(rtol=rtol, atol=atol)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(density),
-        diffrax.Tsit5() if solver is None else solver,
-        jnp.asarray(t0, dtype),
-        jnp.asarray(t1, dtype),
+        _prepare.check_plain_solver(solver),
+        t0,
+        t1,
         None,
         rho0,
-        args=(
-            density.bessel(dtype)
-            if isinstance(density, CircleDensity)
-            else density.funk_hecke(dtype)
-        ),
+        args=density.kernel(dtype),
         saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=_step_size.guard_nonfinite(controller),
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
-        max_steps=max_steps,
+        max_steps=budget,
         throw=False,
     )
-    ys = sol.ys
-    assert ys is not None
-    ys = eqx.error_if(
-        ys,
-        sol.result != diffrax.RESULTS.successful,
-        "the density solve failed (step budget exhausted or non-finite values): "
-        "the density has most likely stopped being resolved (clusters sharper "
-        "than the grid). Use more modes, a shorter horizon or a small `diffusion`.",
-    )
-    sol = eqx.tree_at(lambda s: s.ys, sol, ys)
+    ys = cast(Array, sol.ys)
+    if throw:
+        ys = eqx.error_if(
+            ys,
+            sol.result != diffrax.RESULTS.successful,
+            "the density solve failed (step budget exhausted or non-finite "
+            "values): the density has most likely stopped being resolved "
+            "(clusters sharper than the grid). Use more modes, a shorter horizon "
+            "or a small `diffusion`.",
+        )
     if check_positive:
-        nodal = ys if isinstance(density, CircleDensity) else ys @ density.basis.T
+        nodal = density.nodal(ys)
         worst = jnp.min(nodal) / jnp.max(jnp.abs(nodal))
         ys = eqx.error_if(
             ys,
@@ -752,5 +809,4 @@ def solve_density(
             "(clusters sharper than the grid). Use more modes, a shorter horizon or "
             "a small `diffusion`, or pass `check_positive=False`.",
         )
-        sol = eqx.tree_at(lambda s: s.ys, sol, ys)
-    return sol
+    return eqx.tree_at(lambda s: s.ys, sol, ys)

@@ -34,20 +34,20 @@ leading ensemble axis of size `b` and member `m` uses the field
 """
 
 import dataclasses
-from typing import Any, cast
+from typing import cast
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
+from . import _prepare
+from ._custom_types import RealScalarLike
 from ._field import AbstractField
-from ._integrate import solve
+from ._integrate import integrate
 from ._manifold import AbstractManifold
-from ._misc import is_concrete
 from ._solver.retract import Retract
 from ._solver.unrolled import UnrolledERK, supports
 
@@ -147,28 +147,10 @@ def _stages_written_out(solver, adjoint):
     return solver
 
 
-def _check_y0s(y0s: Array, manifold: AbstractManifold, project: bool) -> Array:
-    if project:
-        return manifold.project(y0s)
-    if is_concrete(y0s):
-        y = np.asarray(y0s)
-        if not np.all(np.isfinite(y)):
-            raise ValueError("`y0s` contains NaN or inf.")
-        tol = float(np.sqrt(np.finfo(y.dtype).eps)) * max(1.0, float(np.max(np.abs(y))))
-        with jax.ensure_compile_time_eval():
-            err = float(manifold.violation(y0s))
-        if err > tol:
-            raise ValueError(
-                f"`y0s` is off the manifold {manifold} by {err:.3g} (tolerance "
-                f"{tol:.1g}); project it first or pass `project=True`."
-            )
-    return y0s
-
-
 def solve_ensemble(
     field: AbstractField,
     y0s: ArrayLike,
-    t1: ArrayLike,
+    t1: RealScalarLike,
     *,
     step_size: str = "independent",
     batched_field: bool = False,
@@ -200,6 +182,9 @@ def solve_ensemble(
     - `solve_kwargs`: any other keyword of `solve` (`solver`, `saveat`, `ts`,
       `dt0`, `t0`, `max_steps`, `adjoint`, `args`).
 
+    The inputs are checked as `solve` checks its own, once for the whole
+    ensemble (messages name `y0s`), never again per member.
+
     The default solver is `Retract(Tsit5())`, as for `solve`. An explicit diffrax
     Runge–Kutta method (`Tsit5`, `Dopri5`, `Bosh3`, ..., bare or in `Retract`) runs
     with its stages written out instead of diffrax's loop over a stage buffer: the
@@ -224,38 +209,32 @@ def solve_ensemble(
         raise ValueError(
             f"unknown `step_size` {step_size!r}; expected one of {STEP_SIZES}."
         )
-    ens = EnsembleField(field, batched_field=batched_field)
-    y0s = jnp.asarray(y0s)
-    if not jnp.issubdtype(y0s.dtype, jnp.floating):
-        y0s = y0s.astype(jnp.result_type(float))
-    ens.check_tokens(y0s)
-    y0s = _check_y0s(y0s, ens.manifold, project)
-    for name in ("y0", "field", "project"):
+    for name in ("y0", "field", "project", "norm", "name"):
         if name in solve_kwargs:
             raise ValueError(f"`{name}` is not an option of `solve_ensemble`.")
-    kw: dict[str, Any] = dict(
-        rtol=rtol, atol=atol, stepsize_controller=stepsize_controller
+    ens = EnsembleField(field, batched_field=batched_field)
+    solver = _stages_written_out(
+        solve_kwargs.pop("solver", None), solve_kwargs.get("adjoint")
     )
-    kw.update(solve_kwargs)
-    kw["solver"] = _stages_written_out(kw.get("solver"), kw.get("adjoint"))
-
-    if step_size == "independent":
-
-        def one(f, y0):
-            return solve(f, y0, t1, **kw)
-
-        return eqx.filter_vmap(one, in_axes=(ens._axes(), 0))(field, y0s)
-
-    if stepsize_controller is None and kw.get("dt0") is None:
-        ctrl = diffrax.PIDController(rtol=rtol, atol=atol, norm=worst_member_rms_norm)
-        jumps = ens.jump_times()
-        kw["stepsize_controller"] = (
-            ctrl
-            if jumps is None
-            else diffrax.ClipStepSizeController(ctrl, jump_ts=jumps)
-        )
-    sol = solve(ens, y0s, t1, **kw)
-    b = y0s.shape[0]
+    shared = step_size == "shared"
+    p = _prepare.problem(
+        ens,
+        y0s,
+        t1,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        project=project,
+        stepsize_controller=stepsize_controller,
+        norm=worst_member_rms_norm if shared else None,
+        name="y0s",
+        **solve_kwargs,
+    )
+    if not shared:
+        one = lambda f, y0: integrate(p.member(f, y0))
+        return eqx.filter_vmap(one, in_axes=(ens._axes(), 0))(field, p.y0)
+    sol = integrate(p)
+    b = p.y0.shape[0]
     ys = None if sol.ys is None else jnp.moveaxis(sol.ys, 0, 1)
     ts = None if sol.ts is None else jnp.broadcast_to(sol.ts, (b, *sol.ts.shape))
     return dataclasses.replace(sol, ys=ys, ts=ts)

@@ -30,6 +30,7 @@ from ._attention import (
     uniform_log_weights,
 )
 from ._attention._heads import expand_groups, project, queries_keys
+from ._checks import as_float
 from ._manifold import AbstractManifold, Sphere
 from ._misc import is_concrete
 
@@ -74,16 +75,8 @@ def _check_weight_count(y: Array, weights: Array | None) -> None:
         )
 
 
-def _as_float(value) -> Array:
-    """`value` as an array, integer and boolean input cast to the default float."""
-    value = jnp.asarray(value)
-    if not jnp.issubdtype(value.dtype, jnp.inexact):
-        value = value.astype(jnp.result_type(float))
-    return value
-
-
 def _scalar(name: str, value) -> Array:
-    value = _as_float(value)
+    value = as_float(value)
     if value.ndim != 0:
         raise ValueError(f"`{name}` must be a scalar; got shape {value.shape}.")
     if is_concrete(value) and not bool(np.isfinite(np.asarray(value))):
@@ -95,7 +88,7 @@ def _bias(name: str, value, shape: tuple[int, ...]) -> Array | None:
     """A bias of the given shape (a single-head bias may omit the head axis)."""
     if value is None:
         return None
-    value = _as_float(value)
+    value = as_float(value)
     if value.shape != shape and len(shape) == 2 and shape[0] == 1:
         value = value[None]
     if value.shape != shape:
@@ -104,7 +97,7 @@ def _bias(name: str, value, shape: tuple[int, ...]) -> Array | None:
 
 
 def _as_heads(name: str, a, ndim_single: int) -> Array:
-    a = _as_float(a)
+    a = as_float(a)
     if a.ndim == ndim_single:
         return a[None]
     if a.ndim == ndim_single + 1:

@@ -6,6 +6,7 @@ A loss is any callable `loss(model, data) -> scalar`; `fit` differentiates it wi
 respect to the model's trainable leaves.
 """
 
+import abc
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -18,6 +19,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, PyTree
 
+from . import _checks
 from ._action import Kinetic, Tracking, action
 from ._field import AbstractField
 from ._integrate import solve
@@ -56,8 +58,13 @@ def fit(
     **Arguments:**
 
     - `model`: a pytree (typically a spherejax field).
-    - `loss`: `loss(model, data) -> scalar`.
-    - `data`: any pytree of arrays (the full batch, passed every step).
+    - `loss`: `loss(model, data) -> scalar`: one of spherejax's losses (an
+      `AbstractLoss`: `TrackingLoss`, `ShootingLoss`, `EndpointLoss`,
+      `MeasureLoss`) or any such callable.
+    - `data`: any pytree of arrays (the full batch, passed every step). An
+      `AbstractLoss` checks and casts it once, before the step is compiled
+      (`loss.prepare(model, data)`): a wrong shape or a NaN raises `ValueError`
+      before any training.
     - `optimizer`: an Optax optimiser (wrap with `riemannian` for parameters that
       live on a manifold). Optimisers with extra arguments
       (`optax.GradientTransformationExtraArgs`, e.g. `optax.lbfgs()`) also receive
@@ -78,6 +85,8 @@ def fit(
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"`steps` must be a positive integer; got {steps}.")
+    if isinstance(loss, AbstractLoss):
+        data = loss.prepare(model, data)
     params, static = eqx.partition(model, filter_spec)
     opt_state = optimizer.init(params)
 
@@ -140,18 +149,94 @@ def _raise_nonfinite(losses: list) -> None:
     )
 
 
-def _batched(x: Array, ndim: int) -> Array:
+def _batched(x: Array, ndim: int, name: str = "data") -> Array:
     x = jnp.asarray(x)
     if x.ndim == ndim:
         return x[None]
     if x.ndim == ndim + 1:
         return x
     raise ValueError(
-        f"expected an array with {ndim} or {ndim + 1} dimensions; got {x.shape}."
+        f"`{name}` must have {ndim} or {ndim + 1} dimensions; got shape {x.shape}."
     )
 
 
-class TrackingLoss(eqx.Module):
+def _unpack(data, names: tuple[str, ...]) -> tuple:
+    if not isinstance(data, tuple | list) or len(data) != len(names):
+        raise ValueError(
+            f"`data` must be the tuple `({', '.join(names)})`; got "
+            f"{type(data).__name__}."
+        )
+    return tuple(data)
+
+
+def _tokens_of(field, x: Array) -> None:
+    """`x` (`(..., n, d)`) holds tokens `field` accepts."""
+    if isinstance(field, AbstractField):
+        field.check_tokens(x.reshape(-1, *x.shape[-2:])[0])
+
+
+def _observed_paths(field, data) -> tuple[Array, Array]:
+    """`(ts, paths)`: `paths` `(B, T, n, d)` (or `(T, n, d)`), finite; `ts` `(T,)`,
+    finite and strictly increasing, of the paths' dtype."""
+    ts, paths = _unpack(data, ("ts", "paths"))
+    paths = _batched(_checks.real_floating("paths", paths), 3, "paths")
+    ts = _checks.real_floating("ts", ts).astype(paths.dtype)
+    if ts.shape != paths.shape[1:2]:
+        raise ValueError(
+            f"`ts` must hold one time per saved state of `paths` (shape "
+            f"({paths.shape[1]},)); got shape {ts.shape}."
+        )
+    _tokens_of(field, paths)
+    checks = _checks.Checks()
+    checks.finite("ts", ts)
+    checks.finite("paths", paths)
+    checks.fail_or_defer(jnp.all(jnp.diff(ts) > 0), "`ts` must be strictly increasing.")
+    return checks.attach((ts, paths))
+
+
+def _end_points(field, data, batched: bool) -> tuple[Array, Array, Array]:
+    """`(t1, x0, x1)`: `t1` a finite scalar; `x0`, `x1` finite tokens, `(B, n, d)`
+    alike (`batched`) or `(n, d)` and `(m, d)` with the same `d`."""
+    t1, x0, x1 = _unpack(data, ("t1", "x0", "x1"))
+    x0 = _checks.real_floating("x0", x0)
+    x1 = _checks.real_floating("x1", x1).astype(x0.dtype)
+    if batched:
+        x0, x1 = _batched(x0, 2, "x0"), _batched(x1, 2, "x1")
+        if x0.shape != x1.shape:
+            raise ValueError(
+                f"`x0` and `x1` must have the same shape; got {x0.shape} and "
+                f"{x1.shape}."
+            )
+    elif x0.ndim != 2 or x1.ndim != 2 or x0.shape[1] != x1.shape[1]:
+        raise ValueError(
+            "`x0` and `x1` must have shapes `(n, d)` and `(m, d)` with the same "
+            f"`d`; got {x0.shape} and {x1.shape}."
+        )
+    _tokens_of(field, x0)
+    checks = _checks.Checks()
+    (t1,) = _checks.finite_scalars(x0.dtype, t1=t1)
+    checks.finite("x0", x0)
+    checks.finite("x1", x1)
+    x0, x1 = checks.attach((x0, x1))
+    return t1, x0, x1
+
+
+class AbstractLoss(eqx.Module):
+    """A loss of a field on observed data, `loss(field, data) -> scalar`, as
+    `fit` uses it: `fit` calls `prepare(field, data)` once (checking and casting
+    `data` before anything is compiled), then `loss(field, data)` every step."""
+
+    @abc.abstractmethod
+    def prepare(self, field, data, /) -> Any:
+        """`data` checked (shapes, finiteness, times) and cast to arrays of one
+        floating dtype; raises `ValueError` naming the wrong part."""
+
+    @abc.abstractmethod
+    def __call__(self, field, data, /) -> Array:
+        """The loss (a scalar)."""
+
+
+class TrackingLoss(AbstractLoss):
     r"""Tracking action of observed paths, averaged: no ODE solve.
 
     $$\ell(X) = \frac{1}{B\, n\, (t_{T-1} - t_0)} \sum_b S_{\text{track}}[x^b],\qquad
@@ -164,6 +249,11 @@ class TrackingLoss(eqx.Module):
 
     manifold: AbstractManifold | None = None
 
+    def prepare(self, field, data) -> tuple[Array, Array]:
+        """`(ts, paths)` checked: `ts` finite, strictly increasing, one per saved
+        state; `paths` finite, `(B, T, n, d)`."""
+        return _observed_paths(field, data)
+
     def __call__(self, field: AbstractField, data) -> Array:
         ts, paths = data
         paths = _batched(paths, 3)
@@ -174,7 +264,7 @@ class TrackingLoss(eqx.Module):
         return jnp.mean(values) / (paths.shape[2] * (ts[-1] - ts[0]))
 
 
-class ShootingLoss(eqx.Module):
+class ShootingLoss(AbstractLoss):
     r"""Trajectory matching through `spherejax.solve` (shooting):
 
     $$\ell(X) = \frac{1}{B\, T\, n}
@@ -194,6 +284,10 @@ class ShootingLoss(eqx.Module):
     adjoint: object = None  # a diffrax adjoint or `spherejax.ReplayAdjoint`
     rtol: float = 1e-6
     atol: float = 1e-8
+
+    def prepare(self, field, data) -> tuple[Array, Array]:
+        """`(ts, paths)` checked as for `TrackingLoss`."""
+        return _observed_paths(field, data)
 
     def __call__(self, field: AbstractField, data) -> Array:
         ts, paths = data
@@ -218,7 +312,7 @@ class ShootingLoss(eqx.Module):
         return jnp.mean(jax.vmap(one)(paths))
 
 
-class EndpointLoss(eqx.Module):
+class EndpointLoss(AbstractLoss):
     r"""End-point matching plus a kinetic-energy regulariser (OT-Transformer):
 
     $$\ell(X) = \frac{1}{B n}\sum_b \Big(|\phi^X_T(x^b_0) - x^b_1|^2
@@ -234,6 +328,11 @@ class EndpointLoss(eqx.Module):
     solver: diffrax.AbstractSolver | None = None
     dt0: float | None = None
     adjoint: diffrax.AbstractAdjoint | None = None
+
+    def prepare(self, field, data) -> tuple[Array, Array, Array]:
+        """`(t1, x0, x1)` checked: `t1` a finite scalar; `x0`, `x1` finite, of one
+        shape `(B, n, d)`."""
+        return _end_points(field, data, batched=True)
 
     def __call__(self, field: AbstractField, data) -> Array:
         t1, x0, x1 = data

@@ -16,6 +16,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._action import Kinetic, action
 from ._field import AbstractField
+from ._fit import AbstractLoss, _end_points
 from ._integrate import solve
 
 
@@ -229,7 +230,7 @@ def mmd2(
     return a @ k(x, x) @ a + b @ k(y, y) @ b - 2 * a @ k(x, y) @ b
 
 
-class MeasureLoss(eqx.Module):
+class MeasureLoss(AbstractLoss):
     r"""Measure-to-measure matching with a kinetic-energy regulariser
     (OT-Transformer; Geshkovski–Rigollet–Ruiz-Balet steer measures with
     Transformer flows):
@@ -271,6 +272,11 @@ class MeasureLoss(eqx.Module):
             )
         if self.num_saves < 2:
             raise ValueError(f"`num_saves` must be >= 2; got {self.num_saves}.")
+
+    def prepare(self, field, data) -> tuple[Array, Array, Array]:
+        """`(t1, x0, x1)` checked: `t1` a finite scalar; `x0` `(n, d)` and `x1`
+        `(m, d)` finite, with the same `d`."""
+        return _end_points(field, data, batched=False)
 
     def parts(self, field: AbstractField, data) -> tuple[Array, Array]:
         """`(divergence, kinetic action per point)` of the flow of `field`."""

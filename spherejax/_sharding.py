@@ -22,8 +22,11 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Float
 
+from . import _prepare
+from ._custom_types import RealScalarLike
+from ._ensemble import EnsembleField
 from ._field import AbstractField, SelfAttention
-from ._integrate import solve
+from ._integrate import integrate
 
 
 def make_mesh(num_devices: int | None = None, axis_name: str = "devices") -> Mesh:
@@ -86,14 +89,15 @@ def shard_tokens(y: ArrayLike, mesh: Mesh, axis: str | None = None) -> Array:
 def sharded_solve(
     field: AbstractField,
     y0s: Float[Array, "batch n d"],
-    t1: ArrayLike,
+    t1: RealScalarLike,
     *,
     mesh: Mesh,
     axis: str | None = None,
     **solve_kwargs,
 ) -> Float[Array, "batch ..."]:
     """Solve an ensemble `y0s` of shape `(batch, n, d)` with the batch axis split
-    over the devices of `mesh`: `jax.vmap(solve)` under sharding constraints that
+    over the devices of `mesh`: `jax.vmap` of `solve` (its inputs checked once
+    for the whole batch, as in `solve_ensemble`) under sharding constraints that
     keep the batch axis sharded on input and output (XLA's partitioner then runs
     each device's slice of the batched solve locally). Returns the saved states
     `sol.ys` stacked along the batch axis, `(batch, T, n, d)`, sharded the same way.
@@ -106,14 +110,19 @@ def sharded_solve(
     closure conversion of diffrax's checkpointed loop fails inside it in jax 0.10.)
     """
     axis = _axis(mesh, axis)
-    y0s = jnp.asarray(y0s)
-    if y0s.ndim != 3:
-        raise ValueError(f"`y0s` must have shape `(batch, n, d)`; got {y0s.shape}.")
-    _check_divisible(y0s.shape[0], mesh, axis, "ensemble")
+    if jnp.ndim(y0s) != 3:
+        raise ValueError(
+            f"`y0s` must have shape `(batch, n, d)`; got {jnp.shape(y0s)}."
+        )
+    _check_divisible(jnp.shape(y0s)[0], mesh, axis, "ensemble")
+    for name in ("y0", "norm", "name"):
+        if name in solve_kwargs:
+            raise ValueError(f"`{name}` is not an option of `sharded_solve`.")
+    # the whole batch is checked once, as `solve_ensemble` does
+    p = _prepare.problem(EnsembleField(field), y0s, t1, name="y0s", **solve_kwargs)
     batch = NamedSharding(mesh, P(axis))
-    y0s = jax.lax.with_sharding_constraint(y0s, batch)
-    t1 = jnp.asarray(t1, y0s.dtype)
-    ys = jax.vmap(lambda y0: solve(field, y0, t1, **solve_kwargs).ys)(y0s)
+    y0s = jax.lax.with_sharding_constraint(p.y0, batch)
+    ys = jax.vmap(lambda y0: integrate(p.member(field, y0)).ys)(y0s)
     return jax.lax.with_sharding_constraint(ys, batch)
 
 

@@ -2,6 +2,7 @@
 Bessel functions), conservation, energy identities, spectral convergence,
 gradients, and particles against the density."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -441,3 +442,27 @@ def test_value_matrix_energy_not_monotone():
     ]
     # measured: 0.048 and -0.036 (the clusters at +-pi/2 feel the weak direction)
     assert rates[0] > 0.01 and rates[1] < -0.01, rates
+
+
+def test_solve_density_checks_inputs_and_reports_failure():
+    dens = sj.mean_field.CircleDensity(4.0, 16)
+    rho0 = jnp.full(16, 1 / (2 * np.pi))
+    for kwargs, match in [
+        (dict(ts=jnp.asarray([0.5, 2.0])), "`ts` must lie between"),
+        (dict(rtol=-1.0), "`rtol` must be non-negative"),
+        (dict(max_steps=0), "`max_steps` must be a positive integer"),
+        (dict(t0=np.nan), "`t0` contains NaN"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            sj.mean_field.solve_density(dens, rho0, 1.0, **kwargs)
+    with pytest.raises(ValueError, match=r"`rho0` contains NaN or inf \(first at"):
+        sj.mean_field.solve_density(dens, rho0.at[3].set(np.nan), 1.0)
+    with unchecked(), pytest.raises(ValueError, match="Tsit5"):
+        sj.mean_field.solve_density(dens, rho0, 1.0, solver="tsit5")  # type: ignore[arg-type]
+    # the unresolved solve of `test_circle_negativity_is_reported`, not raising
+    dens = sj.mean_field.CircleDensity(4.0, 32)
+    rho0 = (1 + 0.9 * jnp.cos(dens.nodes)) / (2 * jnp.pi)
+    sol = sj.mean_field.solve_density(
+        dens, rho0, 6.0, max_steps=2000, throw=False, check_positive=False
+    )
+    assert sol.result != diffrax.RESULTS.successful

@@ -183,3 +183,45 @@ def test_fit_errors():
         )
     with unchecked(), pytest.raises(ValueError, match="manifold"):
         sj.variational.riemannian(optax.sgd(0.1), "sphere")
+
+
+def test_losses_check_data_before_training():
+    """`fit` has each loss check its data once, before compiling: wrong shapes,
+    NaN and unordered times raise `ValueError` naming the part."""
+    field = sj.SelfAttention.identity(3, 1.0)
+    x = sj.Sphere().random(jr.PRNGKey(0), (2, 4, 3))
+    ts = jnp.linspace(0.0, 1.0, 3)
+    paths = jnp.stack([x] * 3, axis=1)  # (B, T, n, d)
+    cases = [
+        (
+            sj.variational.TrackingLoss(),
+            (ts[:2], paths),
+            r"`ts` must hold one time .* \(3,\)",
+        ),
+        (
+            sj.variational.TrackingLoss(),
+            (ts[::-1], paths),
+            "`ts` must be strictly increasing",
+        ),
+        (
+            sj.variational.ShootingLoss(),
+            (ts, paths.at[1, 2, 0, 0].set(jnp.nan)),
+            "`paths` cont",
+        ),
+        (
+            sj.variational.ShootingLoss(),
+            paths,
+            r"`data` must be the tuple `\(ts, paths\)`",
+        ),
+        (
+            sj.variational.EndpointLoss(),
+            (1.0, x, x[:, :3]),
+            "`x0` and `x1` must have the same",
+        ),
+        (sj.variational.EndpointLoss(), (jnp.nan, x, x), "`t1` contains NaN"),
+        (sj.mean_field.MeasureLoss(), (1.0, x[0], x[0, :, :2]), "same `d`"),
+        (sj.mean_field.MeasureLoss(), (1.0, x[0, :, :2], x[0, :, :2]), "d=2"),
+    ]
+    for loss, data, match in cases:
+        with pytest.raises(ValueError, match=match):
+            sj.variational.fit(field, loss, data, optimizer=optax.sgd(0.1), steps=1)

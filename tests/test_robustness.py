@@ -406,3 +406,19 @@ def test_equiangular_rejects(kwargs, match):
     args = dict(ts=[0.0, 1.0], beta=1.0, n=5, rho0=0.1) | kwargs
     with pytest.raises(ValueError, match=match):
         sj.equiangular(**args)
+
+
+def test_project_names_the_token_without_a_projection(field, tokens):
+    # a zero token has no nearest point on the sphere: refused by index, whether
+    # the tokens are known now or traced
+    bad = tokens.at[3].set(0.0)
+    with pytest.raises(ValueError, match=r"cannot be projected .* at index 3 \(1 in"):
+        sj.solve(field, bad, 1.0, project=True)
+    with pytest.raises(Exception, match="`y0` holds tokens that cannot be projected"):
+        jax.block_until_ready(
+            jax.jit(lambda y: sj.solve(field, y, 1.0, project=True).ys)(bad)
+        )
+    ones = jnp.ones((2, 4))  # constant tokens: no projection on the LayerNorm sphere
+    ln = sj.SelfAttention.identity(4, 1.0, manifold=sj.LayerNormSphere())
+    with pytest.raises(ValueError, match=r"at index 0 \(2 in all\)"):
+        sj.solve(ln, ones, 1.0, project=True)

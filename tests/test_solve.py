@@ -317,3 +317,34 @@ def test_progress_meter(getkey, capfd):
     out = capfd.readouterr()
     assert "100.00%" in out.out + out.err  # diffrax's text (or tqdm) meter finished
     assert float(SPHERE.violation(sol.ys)) < 1e-12
+
+
+def test_backward_integration_against_scipy(getkey):
+    """`t1 < t0` integrates backward: adaptive (saving at non-increasing `ts`) and
+    with a native Lie-group solver at a negative `dt0`, against DOP853 run from 0
+    to -1; a `dt0` pointing forward is refused."""
+    Q, K, V, x0 = _problem(getkey(), n=5, d=3)
+    field = sj.SelfAttention(Q, K, V, 1.5)
+    ts = [-0.5, -1.0]
+    ref = scipy_reference(x0, -1.0, *map(np.asarray, (Q, K, V)), 1.5, ts=ts)
+    forward = scipy_reference(x0, 1.0, *map(np.asarray, (Q, K, V)), 1.5)[-1]
+    assert np.max(np.abs(forward - ref[-1])) > 1e-2  # the direction matters
+    sol = sj.solve(field, x0, -1.0, ts=jnp.asarray(ts), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sol.ts, ts)
+    np.testing.assert_allclose(sol.ys, ref, atol=1e-8, rtol=0)
+    assert float(SPHERE.violation(sol.ys)) <= 1e-12
+    lie = sj.solve(field, x0, -1.0, solver=sj.CG4a(), dt0=-1 / 32)
+    np.testing.assert_allclose(lie.ys[-1], ref[-1], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="`dt0` must be non-zero with the sign"):
+        sj.solve(field, x0, -1.0, solver=sj.CG4a(), dt0=1 / 32)
+
+
+@unchecked()
+def test_unknown_solver_lists_the_solvers(getkey):
+    field = sj.SelfAttention.identity(3, 1.0)
+    x0 = SPHERE.random(getkey(), (4, 3))
+    for bad, got in [("rk45", "got str 'rk45'"), (diffrax.Tsit5, "`Tsit5\\(\\)`")]:
+        with pytest.raises(ValueError, match=got) as info:
+            sj.solve(field, x0, 1.0, solver=bad)  # type: ignore[arg-type]
+        for name in ("Tsit5", "Dopri5", "Euler", "CG4a", "LieEuler", "RK4", "Retract"):
+            assert name in str(info.value)

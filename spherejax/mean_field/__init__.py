@@ -12,6 +12,7 @@ from .._continuum import (
     token_continuum as token_continuum,
 )
 from .._density import (
+    AbstractDensity as AbstractDensity,
     CircleDensity as CircleDensity,
     SphereDensity as SphereDensity,
     circle_growth_rates as circle_growth_rates,

@@ -17,6 +17,7 @@ from .._action import (
     node_velocities as node_velocities,
 )
 from .._fit import (
+    AbstractLoss as AbstractLoss,
     EndpointLoss as EndpointLoss,
     ShootingLoss as ShootingLoss,
     TrackingLoss as TrackingLoss,
