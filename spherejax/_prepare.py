@@ -188,10 +188,16 @@ def _on_manifold(name: str, y: Array, manifold: AbstractManifold, checks) -> Non
 
 
 def check_tokens(
-    name: str, y0: ArrayLike, field: AbstractField, project: bool, checks
+    name: str,
+    y0: ArrayLike,
+    field: AbstractField,
+    project: bool,
+    checks,
+    on_manifold: bool = True,
 ) -> Array:
     """`y0` as a real floating array of a shape `field` accepts, non-empty, finite,
-    and on `field.manifold` (projected there first with `project=True`)."""
+    and on `field.manifold` (projected there first with `project=True`; not checked
+    with `on_manifold=False`)."""
     y0 = _checks.real_floating(name, y0)
     field.check_tokens(y0)
     if y0.ndim >= 2 and (y0.shape[-2] == 0 or y0.shape[-1] == 0):
@@ -202,8 +208,21 @@ def check_tokens(
     checks.finite(name, y0)
     if project:
         return _projected(name, y0, field.manifold, checks)
-    _on_manifold(name, y0, field.manifold, checks)
+    if on_manifold:
+        _on_manifold(name, y0, field.manifold, checks)
     return y0
+
+
+def stack_tokens(field: AbstractField, y0: ArrayLike, name: str = "y0") -> Array:
+    """The input tokens of a discrete stack (`transformer`), by the checks of
+    `solve` (a field, real floating tokens of a shape the field accepts, non-empty,
+    finite, finite parameters; deferred to run time under `jit`) except the
+    manifold one: a post-LN stack normalises its input itself."""
+    field = check_field(field)
+    checks = _checks.Checks()
+    y0 = check_tokens(name, y0, field, False, checks, on_manifold=False)
+    _checks.field_leaves(checks, field)
+    return checks.attach(y0)
 
 
 def check_times(

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from . import _checks, _prepare
 from ._checks import finite_scalars
 from ._field import AbstractField, Layerwise
 from ._manifold import (
@@ -140,22 +141,21 @@ def unprojected(field: AbstractField) -> AbstractField:
     )
 
 
-def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple[Any, Array]:
-    """The step count `num` and input tokens `x0` of a discrete stack, checked.
-
-    Unless `final` (a `while` loop, where `num` may be traced), `num` must be a
-    non-negative integer (`name` is its argument name in the error) and becomes an
-    `int`; `x0` becomes an array, cast to the default float type if not floating.
-    Shared by `transformer` and `tai_transformer`.
-    """
+def _step_count(num, name: str, final: bool) -> Any:
+    """The step count `num` of a discrete stack, checked: unless `final` (a `while`
+    loop, where `num` may be traced), a non-negative integer (`name` is its
+    argument name in the error), returned as an `int`."""
     if not final:
         if int(num) != num or num < 0:
             raise ValueError(f"`{name}` must be a non-negative integer; got {num}.")
         num = int(num)
-    x0 = jnp.asarray(x0)
-    if not jnp.issubdtype(x0.dtype, jnp.floating):
-        x0 = x0.astype(jnp.result_type(float))
-    return num, x0
+    return num
+
+
+def _steps_and_tokens(num, name: str, final: bool, x0) -> tuple[Any, Array]:
+    """`_step_count(num, name, final)` and the input tokens `x0` as a real floating
+    array (`tai_transformer`, whose model is not a field)."""
+    return _step_count(num, name, final), _checks.real_floating("u0", x0)
 
 
 def fixed_steps(field, solver, y0, t0, h, num_steps, final: bool, args=None):
@@ -276,12 +276,8 @@ def transformer(
     """
     if norm not in NORMS:
         raise ValueError(f"unknown `norm` {norm!r}; expected one of {NORMS}.")
-    if not isinstance(field, AbstractField):
-        raise ValueError(
-            f"`field` must be a spherejax field; got {type(field).__name__}."
-        )
-    num_layers, y0 = _steps_and_tokens(num_layers, "num_layers", final, y0)
-    field.check_tokens(y0)
+    num_layers = _step_count(num_layers, "num_layers", final)
+    y0 = _prepare.stack_tokens(field, y0)
     norms = _check_norms(field, norm, split, layer_norms, final_norm, y0.shape[-1])
     dtype = y0.dtype
     h, t0 = finite_scalars(dtype, h=h, t0=t0)

@@ -484,3 +484,19 @@ def test_gradient_through_stack_matches_finite_differences():
     fd = (float(loss(beta + eps)) - float(loss(beta - eps))) / (2 * eps)
     assert abs(g) > 1e-3
     assert abs(g - fd) <= 1e-6 * abs(fd), (g, fd)
+
+
+def test_transformer_shares_the_input_checks_of_solve():
+    # the stack's tokens go through the same preparation as `solve`'s (without the
+    # manifold check: a post-LN stack normalises its input itself)
+    field = sj.SelfAttention.identity(3, 1.0)
+    x = np.eye(3)
+    with pytest.raises(ValueError, match="`y0` contains NaN"):
+        sj.transformers.transformer(field, np.where(x > 0, np.nan, x), 2, 0.5)
+    with pytest.raises(ValueError, match="at least one token"):
+        sj.transformers.transformer(field, np.zeros((0, 3)), 2, 0.5)
+    with unchecked(), pytest.raises(ValueError, match="must be real"):
+        sj.transformers.transformer(field, x + 1j, 2, 0.5)
+    off = 2.0 * x  # off the unit sphere: accepted, the first post-LN step projects
+    out = sj.transformers.transformer(field, off, 1, 0.5)
+    np.testing.assert_allclose(np.linalg.norm(out[1], axis=-1), 1.0, atol=1e-12)

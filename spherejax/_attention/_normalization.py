@@ -49,8 +49,17 @@ def _scores(q: Array, k: Array) -> Array:
     return jnp.einsum("...ic,...jc->...ij", q, k)
 
 
-def _with_heads(*arrays: Array) -> tuple[Array, ...]:
-    return tuple(a[None] for a in arrays)
+def _shifted_kernel(q, k, beta, log_weights, mask) -> tuple[Array, Array]:
+    """`exp(logits - m)` and the row maxima `m` of the logits
+    `beta <q_i, k_j> + log w_j` (masked to `-inf`): `beta` scales the `(n, c)`
+    queries, not the `(n, n)` scores, and `m` is a pure shift held under
+    `stop_gradient`."""
+    logits = _scores(beta * q, k)
+    if log_weights is not None:
+        logits = logits + log_weights
+    logits = _masked(logits, mask)
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    return jnp.exp(logits - m), m
 
 
 class AbstractNormalization(eqx.Module):
@@ -210,12 +219,7 @@ class Softmax(AbstractNormalization):
         return jax.nn.softmax(_masked(beta * s + log_weights, mask), axis=-1)
 
     def dense(self, q, k, v, beta, log_weights, mask):
-        logits = _scores(beta * q, k)
-        if log_weights is not None:
-            logits = logits + log_weights
-        logits = _masked(logits, mask)
-        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-        p = jnp.exp(logits - m)
+        p, _ = _shifted_kernel(q, k, beta, log_weights, mask)
         out = jnp.einsum("...ij,...je->...ie", p, v)
         return out / jnp.sum(p, axis=-1, keepdims=True)
 
@@ -239,12 +243,8 @@ class Unnormalized(AbstractElementwiseNormalization):
         return jnp.exp(logits)
 
     def dense(self, q, k, v, beta, log_weights, mask):
-        logits = _scores(beta * q, k)
-        if log_weights is not None:
-            logits = logits + log_weights
-        logits = _masked(logits, mask)
-        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-        out = jnp.einsum("...ij,...je->...ie", jnp.exp(logits - m), v)
+        p, m = _shifted_kernel(q, k, beta, log_weights, mask)
+        out = jnp.einsum("...ij,...je->...ie", p, v)
         scale = jnp.exp(m)
         return out * (scale if log_weights is not None else scale / k.shape[-2])
 
