@@ -219,7 +219,7 @@ def equiangular(
         f"inner products of {n} equiangular unit vectors); got {{}}."
     )
     if is_concrete(beta):
-        if not np.isfinite(float(beta)):
+        if not np.isfinite(float(np.asarray(beta))):
             raise ValueError(f"`beta` must be finite; got {beta}.")
     else:  # traced (jit, vmap over beta): checked at run time
         beta = eqx.error_if(beta, ~jnp.isfinite(beta), "`beta` must be finite.")
