@@ -36,6 +36,7 @@ from ._attention import (
     Sinkhorn as Sinkhorn,
     SlidingWindow as SlidingWindow,
     Softmax as Softmax,
+    Spectral as Spectral,
     Unnormalized as Unnormalized,
     attention_matrix as attention_matrix,
 )

@@ -248,6 +248,13 @@ _LEGACY_DOC = """
 """
 
 
+def _mix_heads(out: Array, O: Array | None, dt) -> Array:  # noqa: E741
+    """Per-head outputs `(h, m, e)` summed over heads (through `O` if given)."""
+    if O is None:
+        return jnp.sum(out, axis=0)
+    return jnp.einsum("hne,hde->nd", out, O.astype(dt))
+
+
 class SelfAttention(AbstractAttention):
     r"""Self-attention dynamics (Geshkovski–Letrouit–Polyanskiy–Rigollet, eq. 2.3/2.7),
     composed of parts:
@@ -383,6 +390,7 @@ class SelfAttention(AbstractAttention):
                     f"`key_mask` must have shape `(n,)` or `({h}, n)`; got "
                     f"{m.mask.shape}."
                 )
+        self.evaluation = self.evaluation.bind(self)
 
     @property
     def has_extras(self) -> bool:
@@ -438,18 +446,18 @@ class SelfAttention(AbstractAttention):
             for b in (self.query_bias, self.key_bias)
         )
         kidx = jnp.arange(y.shape[0], dtype=rows.dtype)
-        q, k = queries_keys(Q, K, qb, kb, self.position, y_rows, rows, y, kidx)
         v = self._values(y, dt)
-        if self.heads == 1:  # no head axis: faster batched products under vmap
+        if self.evaluation.from_tokens:
+            out = self.evaluation.attend(self, y_rows, rows, y, v)
+            out = _mix_heads(out, self.O, dt)
+        elif self.heads == 1:  # no head axis: faster batched products under vmap
+            q, k = queries_keys(Q, K, qb, kb, self.position, y_rows, rows, y, kidx)
             out = self._evaluate(q[0], k[0], v[0], dt, rows, kidx)
             if self.O is not None:
                 out = out @ self.O[0].astype(dt).T
         else:
-            out = self._evaluate(q, k, v, dt, rows, kidx)
-            if self.O is None:
-                out = jnp.sum(out, axis=0)
-            else:
-                out = jnp.einsum("hne,hde->nd", out, self.O.astype(dt))
+            q, k = queries_keys(Q, K, qb, kb, self.position, y_rows, rows, y, kidx)
+            out = _mix_heads(self._evaluate(q, k, v, dt, rows, kidx), self.O, dt)
         if self.output_bias is not None:
             out = out + self.output_bias.astype(dt)
         return out
@@ -581,6 +589,7 @@ class IdentityAttention(AbstractAttention):
         self.mask = masks or None  # `None`, not `()`: see `AbstractAttention`
         self.position = position
         self.manifold = manifold
+        self.evaluation = self.evaluation.bind(self)
 
     def as_self_attention(self, d: int) -> SelfAttention:
         """The same field as a `SelfAttention` with `Q = K = V = I_d`."""
@@ -600,6 +609,8 @@ class IdentityAttention(AbstractAttention):
         self._check_common(y, 1)
 
     def attention_rows(self, y_rows, rows, y):
+        if self.evaluation.from_tokens:
+            return self.evaluation.attend(self, y_rows, rows, y, y[None])[0]
         kidx = jnp.arange(y.shape[0], dtype=rows.dtype)
         q, k = queries_keys(
             None, None, None, None, self.position, y_rows, rows, y, kidx

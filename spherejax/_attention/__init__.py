@@ -34,6 +34,7 @@ from ._normalization import (
     uniform_log_weights as uniform_log_weights,
 )
 from ._position import AbstractPosition as AbstractPosition, RoPE as RoPE
+from ._spectral import Spectral as Spectral
 
 
 NORMALIZATIONS = tuple(NAMES)

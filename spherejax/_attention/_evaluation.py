@@ -15,6 +15,7 @@ computes its softmax in float32), nor for the other normalisations or masks.
 """
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -33,7 +34,15 @@ class AbstractEvaluation(eqx.Module):
     head axis), `log_weights` `(nk,)` or `None` (uniform), `masks` a tuple of
     masks and `qidx`, `kidx` the token indices of the queries and keys. Returns
     `(..., nq, e)`.
+
+    A strategy that needs the tokens themselves rather than projected queries and
+    keys (`Spectral`) sets the class variable `from_tokens` and implements
+    `attend(field, y_rows, rows, y, v)`; `bind(field)` is called when a field is
+    built and returns the strategy to store (checked against the field's parts,
+    with anything chosen from them).
     """
+
+    from_tokens: ClassVar[bool] = False
 
     @abc.abstractmethod
     def __call__(
@@ -54,6 +63,16 @@ class AbstractEvaluation(eqx.Module):
         """Raise a `ValueError` if this strategy cannot evaluate `normalization`
         on tokens of dimension `d`."""
         del normalization, d
+
+    def bind(self, field) -> "AbstractEvaluation":
+        """The strategy to store in `field` (called when the field is built)."""
+        del field
+        return self
+
+    def attend(self, field, y_rows: Array, rows: Array, y: Array, v: Array) -> Array:
+        """Attention outputs per query head `(h, m, e)` from the tokens (strategies
+        with `from_tokens`)."""
+        raise NotImplementedError(f"{type(self).__name__} evaluates from q, k, v.")
 
 
 def _dpa_backend() -> bool:
