@@ -17,12 +17,15 @@ Sections (the JSON schema is `SCHEMA` below and in `benchmarks/README.md`):
 - `grad_cost`: `benchmarks/grad_cost.py` (n = 256, d = 64, float64 and float32;
   3 rounds on CPU, its default 7 on accelerators);
 - `memory`: `benchmarks/memory.py` at n = 65,536 (`baseline`, `field`,
-  `grad_compiled`), each in a child process.
+  `grad_compiled`), each in a child process;
+- `spectral`: `benchmarks/spectral.py` (`Spectral()` against `Chunked` at
+  n = 65,536 on the circle and the 2-sphere, one evaluation at n = 10^6, the
+  scaling exponents in n and beta, an adaptive solve of 10^6 particles).
 
 `--quick` runs every section at tiny sizes (n = 128 attention with 64-row chunks,
 4 ensemble members, a scipy DOP853 reference, no torchdiffeq and no
 `SelfAttention.identity` rows, the gradient
-at n = 8, memory at n = 2048 without the gradient).
+at n = 8, memory at n = 2048 without the gradient, spectral at n = 2048).
 
 Every figure is a median over interleaved rounds in one process
 (`_common.compare`). A section that fails is recorded under `errors` (and the
@@ -87,6 +90,14 @@ SCHEMA: dict = {
     },
     "grad_cost": ("rows", {"dtype": str, "n": int, "grad/forward": "number"}),
     "memory": ("rows", {"config": str, "n": int, "peak_rss_mb": "number"}),
+    "spectral": {
+        "circle": {"n": int, "speedup": "number", "relative_difference": "number"},
+        "sphere": {"n": int, "speedup": "number", "relative_difference": "number"},
+        "million": {"n": int, "seconds": "number"},
+        "scaling_n": {"exponent": "number"},
+        "scaling_beta": {"exponent": "number"},
+        "solve": {"n": int, "seconds": "number", "steps": int},
+    },
     "errors": dict,
 }
 
@@ -289,6 +300,9 @@ def main(argv=None) -> int:
     )
     section("grad_cost", lambda: grad_cost.main(grad_args))
     section("memory", lambda: memory(mem_n, mem_configs))
+    import spectral
+
+    section("spectral", lambda: spectral.run(quick=a.quick))
     doc["meta"]["wall_s"] = time.perf_counter() - start
 
     with open(a.out, "w") as f:

@@ -52,3 +52,8 @@ def test_run_all_quick(tmp_path):
         assert all(v > 0 for v in row["ms"].values())
     assert [r["config"] for r in doc["memory"]] == ["baseline", "field"]
     assert doc["memory"][1]["max_tangent_error"] < 1e-5
+    spectral = doc["spectral"]
+    for part in ("circle", "sphere"):
+        assert spectral[part]["relative_difference"] < 1e-10
+        assert spectral[part]["speedup"] > 0
+    assert 0.3 < spectral["scaling_n"]["exponent"] < 2

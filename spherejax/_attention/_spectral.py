@@ -1,71 +1,7 @@
 r"""Spectral evaluation: attention on the circle and the 2-sphere in $O(n)$.
 
-In low dimension the attention kernel is a short series of separable terms, so the
-sums $\sum_j w_j K(x_i, x_j) v_j$ over all keys cost $O(n)$ times the number of
-terms instead of $O(n^2)$.
-
-**Circle** ($d = 2$, $x = r(\cos t, \sin t)$). For query head $a$ the kernel
-$F_a(t, s) = e^{\beta \langle Q_a x(t) + b^Q_a,\, K_a x(s) + b^K_a\rangle - m_a}$
-(any $Q$, $K$ and biases; $m_a$ its maximum, a shift) is a smooth periodic
-function of $(t, s)$, and
-
-$$F_a(t, s) = \sum_{p, q \in \mathbb Z} c^a_{pq}\, e^{ipt} e^{iqs},\qquad
-\sum_j w_j F_a(t_i, s_j) v_j \approx
-\mathrm{Re} \sum_{|p|, |q| \le P} c^a_{pq} e^{ipt_i}
-\Big(\sum_j w_j e^{iqs_j} v_j\Big).$$
-
-The coefficients come from a two-dimensional FFT of $F_a$ on a grid (so they are
-differentiable in $\beta$, $Q$, $K$ and the biases). For GLPR's $Q^\top K = I$ they
-are $c_{p,-p} = I_p(\beta) e^{-\beta}$, the modified Bessel functions.
-
-**2-sphere** ($d = 3$), zonal kernels $Q_a^\top K_a = c_a R_a$ with $R_a$
-orthogonal. With $\beta' = \beta c_a r^2$, Funk–Hecke and the addition theorem give
-
-$$e^{\beta'(\langle x, y\rangle - 1)} = \sum_{l \ge 0} a_l(\beta')\, P_l(\langle x,
-y\rangle),\qquad a_l(\beta') = \tfrac{2l+1}{2}\int_{-1}^{1} e^{\beta'(u-1)} P_l(u)\,
-du = (2l+1)\, e^{-\beta'} i_l(\beta'),$$
-
-$$P_l(\langle x, y\rangle) = \sum_{m=0}^{l} (2 - \delta_{m0})\, \tilde P^m_l(z_x)
-\tilde P^m_l(z_y) \cos m(\phi_x - \phi_y),$$
-
-($i_l$ the modified spherical Bessel functions, $\tilde P^m_l$ the Schmidt
-semi-normalised associated Legendre functions), so the kernel is a sum of
-$(L + 1)^2$ products of real spherical harmonics. The $a_l$ are computed by
-Gauss–Legendre quadrature (differentiable in $\beta$ and $c_a$); keys are rotated
-by $R_a$ first.
-
-**Truncation.** The series converge faster than geometrically once the order
-exceeds about $\beta'$: $I_p(x)/I_0(x) \approx e^{-p^2/(2x)}$ for $p \lesssim x$ and
-$I_p(x) \le (x/2)^p e^{x}/p!$. The order is the smallest $P$ (circle) or $L$
-(sphere) with
-
-$$\sum_{\max(|p|,|q|) > P} |c^a_{pq}| \le \text{tol}\cdot \min_t \tfrac{1}{2\pi}
-\int F_a(t, s)\, ds,\qquad
-\sum_{l > L} |a_l| \le \text{tol}\cdot a_0 ,$$
-
-for every head: the truncation error of every numerator and denominator is at most
-`tol` times the mean of the kernel over a row (its value when keys are spread over
-the manifold), and $|P_l| \le 1$, $|e^{ipt}| = 1$ bound the omitted terms by their
-coefficients. For a softmax row whose keys are spread out the relative error is
-then about `tol`; rows whose keys all sit where the kernel is small (large $\beta$,
-strongly anisotropic $Q^\top K$ on the circle) lose accuracy in proportion, and
-rounding is amplified by the same factor. The order is chosen when the field is
-built, from its (concrete) $\beta$ and matrices; every evaluation checks that the
-band just beyond it is still below $10\,\text{tol}$ (it would grow if $\beta$ or
-the matrices are changed afterwards, e.g. by a fit) and raises otherwise.
-
-**Masks.** `Causal()` and `SlidingWindow(s)` use prefix sums over the token order:
-the tokens are processed in blocks, each block's keys enter a running sum of
-separable terms, and the keys inside a query's own block are summed directly
-(exactly); a sliding window is the difference of two such sums. `KeyMask` and the
-quadrature weights scale the values. Work $O(n(T + B))$, $T$ the number of terms
-and $B = 128$ the block size.
-
-**Off the manifold.** Tokens enter through their directions $x / |x|$ (times the
-sphere's radius): on the manifold this is the attention field; off it (the stages
-of an explicit solver wrapped in `Retract`) it is the field's degree-0 extension,
-which differs from `Dense()`'s extension at the size of the distance to the
-manifold.
+The maths, the truncation bound and the supported parts are in the docstring
+of `Spectral`.
 """
 
 import math
@@ -84,7 +20,7 @@ from ._normalization import Softmax, Unnormalized
 
 _BAND = 8  # orders beyond the truncation computed for the run-time check
 _CAUSAL_BLOCK = 128
-_TOKEN_BLOCK = 16384
+_BLOCK_ELEMENTS = 2**19  # tokens x features per block (a few MB: stays in cache)
 _MAX_GRID = 4096
 _MAX_DEGREE = 400
 
@@ -285,11 +221,22 @@ class _CircleKernel(eqx.Module):
         return jnp.exp(self.beta * jnp.einsum("hik,hjk->hij", q, k) - m[:, None, None])
 
 
+def _powers(w: Array, count: int) -> Array:
+    """`w^0, ..., w^count` stacked on a new first axis (repeated products:
+    relative error about `count` ulps, no transcendental functions)."""
+    out = [jnp.ones_like(w)]
+    for _ in range(count):
+        out.append(out[-1] * w)
+    return jnp.stack(out)
+
+
 def _circle_features(x: Array, order: int) -> Array:
-    t = jnp.arctan2(x[:, 1], x[:, 0])
-    p = jnp.arange(-order, order + 1, dtype=x.dtype)
-    pt = t[:, None] * p[None, :]
-    return jax.lax.complex(jnp.cos(pt), jnp.sin(pt))  # (n, 2P+1): e^{ipt}
+    """`e^{ipt}` for `p = -order..order` of the directions `x` `(n, 2)` (any
+    radius), shape `(n, 2 order + 1)`."""
+    w = jax.lax.complex(x[:, 0], x[:, 1])
+    w = w / jnp.abs(w).astype(w.dtype)
+    pw = _powers(w, order)  # (order + 1, n)
+    return jnp.concatenate([jnp.conj(pw[:0:-1]), pw]).T
 
 
 def _sphere_features(x: Array, L: int) -> Array:
@@ -319,12 +266,7 @@ def _sphere_features(x: Array, L: int) -> Array:
     zero = jnp.zeros((L + 1, x.shape[0]), dt)
     _, R = jax.lax.scan(step, (zero, zero), (A, B, D))  # (l, m, n)
     w = jax.lax.complex(x[:, 0], x[:, 1])
-    powers = jnp.cumprod(
-        jnp.concatenate(
-            [jnp.ones((1, x.shape[0]), w.dtype), jnp.broadcast_to(w, (L, w.shape[0]))]
-        ),
-        axis=0,
-    )  # (m, n): w^m
+    powers = _powers(w, L)  # (m, n): w^m
     scale = jnp.asarray(np.where(ms == 0, 1.0, math.sqrt(2.0))[:, None], dt)
     re = jnp.real(powers) * scale
     im = jnp.imag(powers) * scale
@@ -413,8 +355,9 @@ def _contract_queries(G: Array, T: Array) -> Array:
 
 def _full_sum(qfeat, kfeat, apply, xq, xk, u):
     """`Re sum_f qfeat(x_i)_f [apply(sum_j kfeat(x_j)_f u_j)]`, unmasked; `u`
-    `(h, nk, e)`; tokens processed in blocks of `_TOKEN_BLOCK`."""
-    size = min(_TOKEN_BLOCK, xk.shape[0])
+    `(h, nk, e)`; tokens processed in blocks of about `_BLOCK_ELEMENTS` features."""
+    H0 = jax.eval_shape(kfeat, xk[:1])
+    size = min(max(256, _BLOCK_ELEMENTS // H0.shape[-1]), xk.shape[0])
     xb = _pad_tokens(xk, size)
     ub = _blocks(u, size, axis=1)
 
@@ -422,11 +365,10 @@ def _full_sum(qfeat, kfeat, apply, xq, xk, u):
         x, v = blk
         return S + _contract_keys(kfeat(x), v), None
 
-    H0 = jax.eval_shape(kfeat, xk[:1])
     S0 = jnp.zeros((u.shape[0], H0.shape[-1], u.shape[-1]), H0.dtype)
     S, _ = jax.lax.scan(add, S0, (xb, ub))
     T = apply(S)
-    size = min(_TOKEN_BLOCK, xq.shape[0])
+    size = min(size, xq.shape[0])
     out = jax.lax.map(
         lambda x: _contract_queries(qfeat(x), T),
         _pad_tokens(xq, size),
@@ -460,27 +402,92 @@ def _causal_sum(qfeat, kfeat, apply, shifted, x, xk, u):
 
 class Spectral(AbstractEvaluation):
     r"""Attention evaluated by separable series in $O(n)$ on the circle ($d = 2$)
-    and the 2-sphere ($d = 3$), exact to a tolerance: Fourier series on the circle
-    (any $Q$, $K$ and biases), Funk–Hecke and spherical harmonics on the 2-sphere
-    (zonal kernels $Q_a^\top K_a = c_a R_a$, $R_a$ orthogonal, without query or
-    key biases).
+    and the 2-sphere ($d = 3$), exact to a tolerance.
 
     Supports `Softmax()` and `Unnormalized()`, quadrature `weights`, any value
     and output projections (grouped heads included), and the masks `Causal()`,
     `SlidingWindow(size)` and `KeyMask(mask)`. Differentiable in the tokens,
-    `beta` and the matrices; float32 and float64. The truncation, its error
-    bound and the run-time check are described in the module documentation
-    (`spherejax.Spectral` on the attention API page).
-
-    Not supported, each refused with a `ValueError` when the field is built or
-    first evaluated: dimensions other than 2 and 3, kernels that are not zonal on
-    the 2-sphere, query or key biases on the 2-sphere, `Sinkhorn` and `Hardmax`
-    (and user normalisations), position parts (`RoPE`), manifolds other than
-    `Sphere`.
-
-    The order of the series is chosen when the field is built (from its concrete
-    `beta` and matrices) and stored in the field's evaluation
+    `beta` and the matrices (first derivatives exact); float32 and float64.
+    Refused with a `ValueError` when the field is built or first evaluated:
+    dimensions other than 2 and 3, kernels that are not zonal on the 2-sphere,
+    query or key biases on the 2-sphere, `Sinkhorn`, `Hardmax` and user
+    normalisations, position parts (`RoPE`), manifolds other than `Sphere`.
+    The orders chosen when the field is built are stored in its evaluation
     (`field.evaluation.circle_order`, `field.evaluation.sphere_order`).
+
+    In low dimension the attention kernel is a short series of separable terms, so the
+    sums $\sum_j w_j K(x_i, x_j) v_j$ over all keys cost $O(n)$ times the number of
+    terms instead of $O(n^2)$.
+
+    **Circle** ($d = 2$, $x = r(\cos t, \sin t)$). For query head $a$ the kernel
+    $F_a(t, s) = e^{\beta \langle Q_a x(t) + b^Q_a,\, K_a x(s) + b^K_a\rangle - m_a}$
+    (any $Q$, $K$ and biases; $m_a$ its maximum, a shift) is a smooth periodic
+    function of $(t, s)$, and
+
+    $$F_a(t, s) = \sum_{p, q \in \mathbb Z} c^a_{pq}\, e^{ipt} e^{iqs},\qquad
+    \sum_j w_j F_a(t_i, s_j) v_j \approx
+    \mathrm{Re} \sum_{|p|, |q| \le P} c^a_{pq} e^{ipt_i}
+    \Big(\sum_j w_j e^{iqs_j} v_j\Big).$$
+
+    The coefficients come from a two-dimensional FFT of $F_a$ on a grid (so they are
+    differentiable in $\beta$, $Q$, $K$ and the biases). For GLPR's $Q^\top K = I$ they
+    are $c_{p,-p} = I_p(\beta) e^{-\beta}$, the modified Bessel functions.
+
+    **2-sphere** ($d = 3$), zonal kernels $Q_a^\top K_a = c_a R_a$ with $R_a$
+    orthogonal. With $\beta' = \beta c_a r^2$, Funk–Hecke and the addition theorem give
+
+    $$e^{\beta'(\langle x, y\rangle - 1)} = \sum_{l \ge 0} a_l(\beta')\, P_l(\langle x,
+    y\rangle),\qquad a_l(\beta') = \tfrac{2l+1}{2}\int_{-1}^{1} e^{\beta'(u-1)} P_l(u)\,
+    du = (2l+1)\, e^{-\beta'} i_l(\beta'),$$
+
+    $$P_l(\langle x, y\rangle) = \sum_{m=0}^{l} (2 - \delta_{m0})\, \tilde P^m_l(z_x)
+    \tilde P^m_l(z_y) \cos m(\phi_x - \phi_y),$$
+
+    ($i_l$ the modified spherical Bessel functions, $\tilde P^m_l$ the Schmidt
+    semi-normalised associated Legendre functions), so the kernel is a sum of
+    $(L + 1)^2$ products of real spherical harmonics. The $a_l$ are computed by
+    Gauss–Legendre quadrature (differentiable in $\beta$ and $c_a$); keys are rotated
+    by $R_a$ first.
+
+    **Truncation.** The series converge faster than geometrically once the order
+    exceeds about $\beta'$: $I_p(x)/I_0(x) \approx e^{-p^2/(2x)}$ for $p \lesssim x$ and
+    $I_p(x) \le (x/2)^p e^{x}/p!$. The order is the smallest $P$ (circle) or $L$
+    (sphere) with
+
+    $$\sum_{\max(|p|,|q|) > P} |c^a_{pq}| \le \text{tol}\cdot \min_t \tfrac{1}{2\pi}
+    \int F_a(t, s)\, ds,\qquad
+    \sum_{l > L} |a_l| \le \text{tol}\cdot a_0 ,$$
+
+    for every head: the truncation error of every numerator and denominator is at most
+    `tol` times the mean of the kernel over a row (its value when keys are spread over
+    the manifold), and $|P_l| \le 1$, $|e^{ipt}| = 1$ bound the omitted terms by their
+    coefficients. For a softmax row whose keys are spread out the relative error is
+    then about `tol`; rows whose keys all sit where the kernel is small (large $\beta$,
+    strongly anisotropic $Q^\top K$ on the circle) lose accuracy in proportion, and
+    rounding is amplified by the same factor. The order is chosen when the field is
+    built, from its (concrete) $\beta$ and matrices; every evaluation checks that the
+    band just beyond it is still below $10\,\text{tol}$ (it would grow if $\beta$ or
+    the matrices are changed afterwards, e.g. by a fit) and raises otherwise.
+
+    **Masks.** `Causal()` and `SlidingWindow(s)` use prefix sums over the token order:
+    the tokens are processed in blocks, each block's keys enter a running sum of
+    separable terms, and the keys inside a query's own block are summed directly
+    (exactly); a sliding window is the difference of two such sums. `KeyMask` and the
+    quadrature weights scale the values. Work $O(n(T + B))$, $T$ the number of terms
+    and $B = 128$ the block size.
+
+    **Off the manifold.** Tokens enter through their directions $x / |x|$ (times the
+    sphere's radius): on the manifold this is the attention field; off it (the stages
+    of an explicit solver wrapped in `Retract`) it is the field's degree-0 extension,
+    which differs from `Dense()`'s extension at the size of the distance to the
+    manifold.
+
+    **Derivatives in the matrices on the 2-sphere.** The zonal factorisation is
+    computed from the value of $Q_a^\top K_a$ held constant; the derivatives come
+    from the first-order term $K_0(x, y)(1 + \beta\langle x, (M - M_0)\, y\rangle)$
+    with $M - M_0 = 0$ in value, a separable sum with values $y_j \otimes v_j$
+    (four times the work of `IdentityAttention`, exact first derivatives in every
+    direction of $Q$ and $K$, not only the zonal ones).
     """
 
     tol: float = eqx.field(static=True)
