@@ -153,6 +153,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     print(header("spectral.py"), flush=True)
     doc = run(a.quick, not a.no_solve)
+    doc["machine"] = f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores)"
+    doc["load_average"] = os.getloadavg()
     if a.out:
         with open(a.out, "w") as f:
             json.dump(doc, f, indent=1)

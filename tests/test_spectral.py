@@ -209,3 +209,17 @@ def test_traced_beta_with_terms_and_runtime_check():
     grown = eqx.tree_at(lambda f: f.beta, f, jnp.asarray(40.0))
     with pytest.raises(Exception, match="truncation"):
         jax.block_until_ready(jax.jit(lambda f: f.attention(x))(grown))
+
+
+def test_scaling_page_example_runs():
+    import pathlib
+    import re
+
+    page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "scaling.md"
+    section = page.read_text().split("## One device, low dimension", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    namespace: dict = {}
+    exec(compile(block, str(page), "exec"), namespace)
+    assert namespace["sol"].ys.shape == (1, 200_000, 2)
+    assert namespace["field"].evaluation.circle_order > 10

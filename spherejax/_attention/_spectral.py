@@ -232,16 +232,16 @@ def _powers(w: Array, count: int) -> Array:
 
 def _circle_features(x: Array, order: int) -> Array:
     """`e^{ipt}` for `p = -order..order` of the directions `x` `(n, 2)` (any
-    radius), shape `(n, 2 order + 1)`."""
+    radius), shape `(2 order + 1, n)`."""
     w = jax.lax.complex(x[:, 0], x[:, 1])
     w = w / jnp.abs(w).astype(w.dtype)
     pw = _powers(w, order)  # (order + 1, n)
-    return jnp.concatenate([jnp.conj(pw[:0:-1]), pw]).T
+    return jnp.concatenate([jnp.conj(pw[:0:-1]), pw])
 
 
 def _sphere_features(x: Array, L: int) -> Array:
     """Real spherical harmonics (scaled so that the degree-`l` block sums to
-    `P_l(<x, y>)`) of unit vectors `x`, shape `(n, (L + 1)^2)`."""
+    `P_l(<x, y>)`) of unit vectors `x`, shape `((L + 1)^2, n)`."""
     z = x[:, 2]
     ms = np.arange(L + 1)
     cm = np.cumprod(np.r_[1.0, np.sqrt((2 * ms[1:] - 1) / (2 * ms[1:]))])
@@ -273,7 +273,7 @@ def _sphere_features(x: Array, L: int) -> Array:
     lr, mr = np.nonzero(np.tril(np.ones((L + 1, L + 1), bool)))
     li, mi = lr[mr > 0], mr[mr > 0]
     feats = jnp.concatenate([R[lr, mr] * re[mr], R[li, mi] * im[mi]], axis=0)
-    return feats.T
+    return feats
 
 
 def _sphere_degrees(L: int) -> np.ndarray:
@@ -339,25 +339,25 @@ def _pad_tokens(x: Array, size: int) -> Array:
 
 
 def _contract_keys(H: Array, u: Array) -> Array:
-    """`sum_j H_jf u_je` per head; `H` `(1 or h, B, F)`, `u` `(h, B, e)`."""
+    """`sum_j H_fj u_je` per head; `H` `(1 or h, F, B)`, `u` `(h, B, e)`."""
     u = u.astype(H.dtype)
     if H.shape[0] == 1 and u.shape[0] != 1:
-        return jnp.einsum("bf,hbe->hfe", H[0], u)
-    return jnp.einsum("hbf,hbe->hfe", H, u)
+        return jnp.einsum("fb,hbe->hfe", H[0], u)
+    return jnp.einsum("hfb,hbe->hfe", H, u)
 
 
 def _contract_queries(G: Array, T: Array) -> Array:
-    """`Re sum_f G_if T_fe` per head; `G` `(1 or h, B, F)`, `T` `(h, F, e)`."""
+    """`Re sum_f G_fi T_fe` per head; `G` `(1 or h, F, B)`, `T` `(h, F, e)`."""
     if G.shape[0] == 1 and T.shape[0] != 1:
-        return jnp.real(jnp.einsum("bf,hfe->hbe", G[0], T))
-    return jnp.real(jnp.einsum("hbf,hfe->hbe", G, T))
+        return jnp.real(jnp.einsum("fb,hfe->hbe", G[0], T))
+    return jnp.real(jnp.einsum("hfb,hfe->hbe", G, T))
 
 
 def _full_sum(qfeat, kfeat, apply, xq, xk, u):
     """`Re sum_f qfeat(x_i)_f [apply(sum_j kfeat(x_j)_f u_j)]`, unmasked; `u`
     `(h, nk, e)`; tokens processed in blocks of about `_BLOCK_ELEMENTS` features."""
     H0 = jax.eval_shape(kfeat, xk[:1])
-    size = min(max(256, _BLOCK_ELEMENTS // H0.shape[-1]), xk.shape[0])
+    size = min(max(256, _BLOCK_ELEMENTS // H0.shape[-2]), xk.shape[0])
     xb = _pad_tokens(xk, size)
     ub = _blocks(u, size, axis=1)
 
@@ -365,7 +365,7 @@ def _full_sum(qfeat, kfeat, apply, xq, xk, u):
         x, v = blk
         return S + _contract_keys(kfeat(x), v), None
 
-    S0 = jnp.zeros((u.shape[0], H0.shape[-1], u.shape[-1]), H0.dtype)
+    S0 = jnp.zeros((u.shape[0], H0.shape[-2], u.shape[-1]), H0.dtype)
     S, _ = jax.lax.scan(add, S0, (xb, ub))
     T = apply(S)
     size = min(size, xq.shape[0])
@@ -394,7 +394,7 @@ def _causal_sum(qfeat, kfeat, apply, shifted, x, xk, u):
         return S + _contract_keys(kfeat(xk_), v), out
 
     H0 = jax.eval_shape(kfeat, x[:1])
-    S0 = jnp.zeros((u.shape[0], H0.shape[-1], u.shape[-1]), H0.dtype)
+    S0 = jnp.zeros((u.shape[0], H0.shape[-2], u.shape[-1]), H0.dtype)
     _, out = jax.lax.scan(step, S0, (xb, kb, ub))
     out = jnp.moveaxis(out, 0, 1).reshape(u.shape[0], -1, u.shape[-1])
     return out[:, : x.shape[0]]
@@ -539,7 +539,8 @@ class Spectral(AbstractEvaluation):
             if type(m) not in (Causal, SlidingWindow, KeyMask):
                 raise ValueError(
                     "`Spectral` evaluation supports the masks `Causal()`, "
-                    f"`SlidingWindow(size)` and `KeyMask(mask)`; got `{type(m).__name__}`."
+                    "`SlidingWindow(size)` and `KeyMask(mask)`; got "
+                    f"`{type(m).__name__}`."
                 )
         if field.position is not None:
             raise ValueError(
