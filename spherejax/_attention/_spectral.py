@@ -400,6 +400,44 @@ def _causal_sum(qfeat, kfeat, apply, shifted, x, xk, u):
     return out[:, : x.shape[0]]
 
 
+def _circle_parts(field, beta, r, order, dt, tol):
+    """Features, coefficient map, exact kernel, log-shift and run-time check on
+    the circle."""
+    Q, K, qb, kb = _heads_matrices(field, dt)
+    kern = _CircleKernel(Q, K, qb, kb, beta, r, order)
+    c, shift, bad = kern.grid(tol)
+
+    def feat(xb):
+        return _circle_features(xb, order)[None]
+
+    def apply(S):  # (h, F, e) -> (h, F, e): sum_q c_pq S_q
+        return jnp.einsum("hpq,hqe->hpe", c, S)
+
+    def shifted(xq, xk):
+        return kern.shifted(xq, xk, shift)
+
+    return feat, feat, apply, shifted, shift, bad
+
+
+def _sphere_parts(field, beta, r, order, dt, tol):
+    """The same on the 2-sphere (keys rotated by each head's `R`)."""
+    kern, bad_zonal = _SphereKernel.build(field, beta, r, order, dt)
+    a, bad = kern.coefficients(tol)
+    deg = _sphere_degrees(order)
+
+    def qfeat(xb):
+        return _sphere_features(xb / r, order)[None]
+
+    def kfeat(xb):
+        rot = jnp.einsum("hde,ne->hnd", kern.R, xb) / r
+        return jax.vmap(lambda z: _sphere_features(z, order))(rot)
+
+    def apply(S):
+        return a[:, deg, None] * S
+
+    return qfeat, kfeat, apply, kern.shifted, kern.bp, bad | bad_zonal
+
+
 class Spectral(AbstractEvaluation):
     r"""Attention evaluated by separable series in $O(n)$ on the circle ($d = 2$)
     and the 2-sphere ($d = 3$), exact to a tolerance.
@@ -670,45 +708,15 @@ class Spectral(AbstractEvaluation):
         if d == 2:
             order = self.circle_order
             assert order is not None
-            Q, K, qb, kb = _heads_matrices(field, dt)
-            kern = _CircleKernel(Q, K, qb, kb, beta, r, order)
-            c, shift, bad = kern.grid(self.tol)
-
-            def qfeat(xb):
-                return _circle_features(xb, order)[None]
-
-            def kfeat(xb):
-                return _circle_features(xb, order)[None]
-
-            def apply(S):  # (h, F, e) -> (h, F, e): sum_q c_pq S_q
-                return jnp.einsum("hpq,hqe->hpe", c, S)
-
-            def shifted(xq, xk):
-                return kern.shifted(xq, xk, shift)
-
-            log_scale = shift
+            qfeat, kfeat, apply, shifted, log_scale, bad = _circle_parts(
+                field, beta, r, order, dt, self.tol
+            )
         else:
             order = self.sphere_order
             assert order is not None
-            kern, bad_zonal = _SphereKernel.build(field, beta, r, order, dt)
-            a, bad = kern.coefficients(self.tol)
-            bad = bad | bad_zonal
-            deg = _sphere_degrees(order)
-
-            def qfeat(xb):
-                return _sphere_features(xb / r, order)[None]
-
-            def kfeat(xb):
-                rot = jnp.einsum("hde,ne->hnd", kern.R, xb) / r
-                return jax.vmap(lambda z: _sphere_features(z, order))(rot)
-
-            def apply(S):
-                return a[:, deg, None] * S
-
-            def shifted(xq, xk):
-                return kern.shifted(xq, xk)
-
-            log_scale = kern.bp
+            qfeat, kfeat, apply, shifted, log_scale, bad = _sphere_parts(
+                field, beta, r, order, dt, self.tol
+            )
             Q, K, _, _ = _heads_matrices(field, dt)
             if Q is not None:  # first-order term carrying the matrices' derivatives
                 M = jnp.einsum("hkd,hke->hde", Q, K)
