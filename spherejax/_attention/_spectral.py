@@ -99,19 +99,30 @@ def _zonal_coefficients(x, L: int, xp=np):
     division by $x$, no overflow, accurate to round-off relative to every
     coefficient, and differentiable in $x$."""
     x = xp.asarray(x)
-    ratio = xp.zeros_like(x)
+    ls = np.arange(L + 100, 0, -1)
+    if xp is np:
+        ratio = np.zeros_like(x)
+        ratios = []
+        for l in ls:
+            ratio = x / (2 * l + 1 + x * ratio)
+            if l <= L:
+                ratios.append(ratio)
+        stacked = np.stack(ratios[::-1], axis=-1) if ratios else None
+    else:  # one scan: a compact program whatever L
+
+        def step(ratio, l):
+            ratio = x / (2 * l + 1 + x * ratio)
+            return ratio, ratio
+
+        _, all_ratios = jax.lax.scan(step, xp.zeros_like(x), jnp.asarray(ls, x.dtype))
+        stacked = jnp.moveaxis(all_ratios[100:][::-1], 0, -1)
     one = xp.ones_like(x)
-    ratios = []
-    for l in range(L + 100, 0, -1):
-        ratio = x / (2 * l + 1 + x * ratio)
-        if l <= L:
-            ratios.append(ratio)
     small = x < 1e-8
     xs = xp.where(small, one, x)
     i0 = xp.where(small, one - x, -xp.expm1(-2 * xs) / (2 * xs))
     if L == 0:
         return i0[..., None]
-    prods = xp.cumprod(xp.stack(ratios[::-1], axis=-1), axis=-1)
+    prods = xp.cumprod(stacked, axis=-1)
     vals = xp.concatenate([i0[..., None], i0[..., None] * prods], axis=-1)
     return (2 * xp.arange(L + 1, dtype=vals.dtype) + 1) * vals
 
@@ -222,12 +233,16 @@ class _CircleKernel(eqx.Module):
 
 
 def _powers(w: Array, count: int) -> Array:
-    """`w^0, ..., w^count` stacked on a new first axis (repeated products:
-    relative error about `count` ulps, no transcendental functions)."""
-    out = [jnp.ones_like(w)]
-    for _ in range(count):
-        out.append(out[-1] * w)
-    return jnp.stack(out)
+    """`w^0, ..., w^count` stacked on a new first axis, by repeated products in a
+    scan (relative error about `count` ulps; no transcendental functions, and a
+    compact program: an unrolled chain of products compiles slowly)."""
+
+    def step(p, _):
+        return p * w, p
+
+    one = jnp.ones_like(w)
+    _, out = jax.lax.scan(step, one, None, length=count + 1)
+    return out
 
 
 def _circle_features(x: Array, order: int) -> Array:
