@@ -19,7 +19,10 @@ from .._attention import Causal
 from .._field import FeedForward, Layerwise, SelfAttention, Sum
 from .._manifold import Euclidean
 from .._transformer import LayerNorm
+from ._decoder import DecoderFlow
 from ._flow import TransformerFlow
+from ._hf_decoders import DECODERS, import_decoder
+from ._safetensors import SafetensorsCheckpoint
 
 
 _EXTRA = (
@@ -58,27 +61,31 @@ def _activation(name: str, key: str) -> Callable:
 
 
 def _read_source(source) -> tuple[dict, Mapping[str, np.ndarray], str | None]:
-    """`(config dict, weights by name, directory or None)`."""
+    """`(config dict, weights by name, directory or None)`. A directory's
+    `model.safetensors` (or the shards listed in `model.safetensors.index.json`)
+    is read lazily, one tensor at a time when indexed."""
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
         if not path.is_dir():
             raise FileNotFoundError(f"`source` {str(path)!r} is not a directory.")
         config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"`source` {str(path)!r} has no config.json (a Hugging Face model "
+                "directory holds config.json and model.safetensors, or the shards "
+                "listed in model.safetensors.index.json)."
+            )
         weights_file = path / "model.safetensors"
-        for f in (config_file, weights_file):
-            if not f.is_file():
-                raise FileNotFoundError(
-                    f"`source` {str(path)!r} has no {f.name} (a Hugging Face model "
-                    "directory holds config.json and model.safetensors)."
-                )
-        try:
-            from safetensors.numpy import load_file
-        except ImportError as e:
-            raise ImportError(
-                f"reading model.safetensors needs `safetensors`: {_EXTRA}."
-            ) from e
+        index_file = path / "model.safetensors.index.json"
+        if not (weights_file.is_file() or index_file.is_file()):
+            raise FileNotFoundError(
+                f"`source` {str(path)!r} has no model.safetensors nor "
+                "model.safetensors.index.json (a Hugging Face model directory holds "
+                "config.json and the weights; save them with "
+                "`model.save_pretrained(dir)`, which writes safetensors)."
+            )
         config = json.loads(config_file.read_text())
-        return config, load_file(str(weights_file)), str(path)
+        return config, SafetensorsCheckpoint.from_directory(path), str(path)
     state_dict = getattr(source, "state_dict", None)
     config = getattr(source, "config", None)
     if state_dict is None or config is None:
@@ -286,10 +293,11 @@ def _gpt2(config: dict, w: _Weights, dtype) -> TransformerFlow:
 
 
 SUPPORTED = {"bert": ("BertModel", _bert), "gpt2": ("GPT2Model", _gpt2)}
-"""Supported `config.model_type`s and their architectures."""
+"""Supported encoder and GPT-2 `config.model_type`s and their architectures (the
+decoders of `DECODERS` come as `DecoderFlow`s)."""
 
 
-def from_huggingface(source, *, dtype=None) -> TransformerFlow:
+def from_huggingface(source, *, dtype=None) -> TransformerFlow | DecoderFlow:
     r"""Import a Hugging Face BERT-family encoder (`BertModel`: BERT, MiniLM, e.g.
     all-MiniLM-L6-v2) or GPT-2 decoder (`GPT2Model`) as a `TransformerFlow`.
 
@@ -314,11 +322,14 @@ def from_huggingface(source, *, dtype=None) -> TransformerFlow:
     """
     config, weights, _ = _read_source(source)
     model_type = config.get("model_type")
+    if model_type in DECODERS:
+        dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+        return import_decoder(config, weights, dtype)
     if model_type not in SUPPORTED:
         archs = config.get("architectures")
         raise ValueError(
             f"unsupported model_type {model_type!r} (architectures {archs}); "
-            f"supported: {sorted(SUPPORTED)} ({[a for a, _ in SUPPORTED.values()]})."
+            f"supported: {sorted([*SUPPORTED, *DECODERS])}."
         )
     for key in ("rope_theta", "rope_scaling", "rotary_dim", "rotary_emb_base"):
         if key in config:
