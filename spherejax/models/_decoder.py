@@ -160,7 +160,8 @@ class DecoderLayer(eqx.Module):
         i = jnp.arange(n)
         q, k = i[:, None], i[None, :]
         m = (k <= q) & keep[None, :]
-        return m & ((self.window <= 0) | (k > q - self.window))
+        w = self.window.astype(i.dtype)
+        return m & ((w <= 0) | (k > q - w))
 
     def attention_weights(self, u, pos, keep) -> Array:
         """The attention matrices `(h, n, n)` of the sub-layer input `u`."""
@@ -240,10 +241,19 @@ def _sphere(x):
 
 
 def _layer_run(
-    layer: DecoderLayer, x, m, pos, keep, scheme: str, parallel: bool, alpha=None
+    layer: DecoderLayer,
+    x,
+    m,
+    pos,
+    keep,
+    scheme: str,
+    parallel: bool,
+    alpha=None,
+    duration=1.0,
 ):
-    """Layer `layer` run from `x` as `m` sub-steps of `h = 1/m`."""
-    h = 1.0 / m.astype(x.dtype)
+    """Layer `layer` run from `x` for the time `duration` as `m` sub-steps of
+    `h = duration/m`."""
+    h = jnp.asarray(duration, x.dtype) / m.astype(x.dtype)
 
     if alpha is None:
 
@@ -522,6 +532,24 @@ class DecoderFlow(eqx.Module):
         out = _attn_weights(self, zs[:-1], keep, pos)
         return out if batched else out[:, 0]
 
+    def layer_flow_map(
+        self,
+        k,
+        x,
+        duration,
+        num_substeps: int = 16,
+        *,
+        attention_mask=None,
+        position_ids=None,
+    ) -> Array:
+        r"""The flow of layer `k` alone, $\dot x = v^k_{\mathrm{attn}}(x) +
+        v^k_{\mathrm{mlp}}(x)$, run from one sequence's state `x` `(n, d)` for the
+        time `duration` (`num_substeps` Strang steps)."""
+        x = jnp.asarray(x)
+        keep, pos = _mask_pos(attention_mask, position_ids, (1, x.shape[0]))
+        m = jnp.asarray(int(num_substeps))
+        return _flow_map(self, jnp.asarray(k), x, keep[0], pos[0], m, duration)
+
     def flow(self, attention_mask=None, position_ids=None) -> "DecoderField":
         """The continuous-time field of one sequence (`Euclidean()` tokens)."""
         keep = None if attention_mask is None else jnp.asarray(attention_mask, bool)
@@ -588,6 +616,14 @@ def _maps(model: DecoderFlow, zs, keep, pos, m, scheme: str):
         return jnp.concatenate([x[:1], ys])
 
     return jax.vmap(one, in_axes=(1, 0, 0), out_axes=1)(zs, keep, pos)
+
+
+@eqx.filter_jit
+def _flow_map(model: DecoderFlow, k, x, keep, pos, m, duration):
+    layer = model.layer(k)
+    return _layer_run(
+        layer, x, m, pos, keep, "strang", model.parallel, duration=duration
+    )
 
 
 @eqx.filter_jit

@@ -1,0 +1,243 @@
+"""Llama-era decoders imported from Hugging Face checkpoints, against
+`transformers` itself (live: random-weight checkpoints written by
+`save_pretrained`, eager attention), their flows' convergence orders, and the
+dynamics measures.
+
+The float64 reference: `transformers` computes RMSNorm, the rotary angles and the
+softmax in float32 even for a float64 model (measured: 5e-7 from a float64
+computation for a tiny Llama, 1e-6 for Gemma 2), so `_hf_float64` promotes those
+float32 requests to float64 (`Tensor.float`, `Tensor.to(float32)`,
+`torch.arange(dtype=float32)`, `softmax(dtype=float32)`, the default dtype) while
+the model is built and run: the reference is then HF's own code in float64.
+"""
+
+import contextlib
+import json
+import math
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import spherejax as sj
+
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+V, D = 50, 16
+BASE = dict(
+    hidden_size=D,
+    intermediate_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=V,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+LLAMA3 = dict(
+    rope_type="llama3",
+    rope_theta=10000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=8,
+)
+FAMILIES = {
+    # grouped heads, biases everywhere, llama3 rope scaling
+    "llama": (
+        "LlamaConfig",
+        dict(attention_bias=True, mlp_bias=True, rope_parameters=LLAMA3),
+    ),
+    # a window shorter than the sequence; written in shards
+    "mistral": ("MistralConfig", dict(sliding_window=3)),
+    # biases on q, k, v; written in bfloat16
+    "qwen2": ("Qwen2Config", {}),
+    # per-head qk-norm, head_dim != hidden_size / heads
+    "qwen3": ("Qwen3Config", dict(head_dim=8)),
+    # (1 + w) RMSNorm, sqrt(d) embeddings, soft-capping, query_pre_attn_scalar,
+    # alternate sliding layers, peri-LN; tied embeddings
+    "gemma2": (
+        "Gemma2Config",
+        dict(
+            head_dim=8,
+            query_pre_attn_scalar=6,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+            sliding_window=3,
+        ),
+    ),
+    # rotary on half of each head, parallel attention and MLP, LayerNorm
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        dict(
+            rope_parameters=dict(
+                rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5
+            )
+        ),
+    ),
+    # norms after each sub-layer, qk-norm over all heads
+    "olmo2": ("Olmo2Config", {}),
+    "gemma": ("GemmaConfig", dict(head_dim=8)),
+}
+IDS = np.random.default_rng(0).integers(3, V, (2, 7))
+MASK = np.ones((2, 7), np.int64)
+MASK[1, 5:] = 0  # right padding
+KEEP = MASK.astype(bool)
+
+
+@contextlib.contextmanager
+def _hf_float64():
+    T = torch.Tensor
+    saved = (T.float, T.to, torch.arange, torch.nn.functional.softmax)
+    orig_to, orig_arange, orig_softmax = saved[1:]
+
+    def promote(k):
+        if k.get("dtype") is torch.float32:
+            k["dtype"] = torch.float64
+        return k
+
+    def to(self, *a, **k):
+        a = tuple(torch.float64 if x is torch.float32 else x for x in a)
+        return orig_to(self, *a, **promote(k))
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    T.float = lambda self, *a, **k: self.double()
+    T.to = to
+    torch.arange = lambda *a, **k: orig_arange(*a, **promote(k))
+    torch.nn.functional.softmax = lambda x, *a, **k: orig_softmax(x, *a, **promote(k))
+    try:
+        yield
+    finally:
+        T.float, T.to, torch.arange, torch.nn.functional.softmax = saved
+        torch.set_default_dtype(old)
+
+
+def _randomize(model):
+    """Non-trivial weights: norm gains around 1, biases around 0, matrices
+    1/sqrt(fan-in)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if p.ndim == 2:
+                p.copy_(r / math.sqrt(p.shape[1]))
+            elif "norm" in name and "bias" not in name:
+                p.copy_(1 + 0.3 * r)
+            else:
+                p.copy_(0.3 * r)
+
+
+def _write(family: str, folder) -> str:
+    cls, extra = FAMILIES[family]
+    config = getattr(transformers, cls)(**BASE, **extra)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    _randomize(model)
+    if family == "qwen2":
+        model = model.to(torch.bfloat16)
+    shard = "20KB" if family == "mistral" else "5GB"
+    model.save_pretrained(folder, max_shard_size=shard)
+    return str(folder)
+
+
+def _reference(folder: str, float64: bool, position_ids=None):
+    ctx = _hf_float64() if float64 else contextlib.nullcontext()
+    dtype = torch.float64 if float64 else torch.float32
+    with ctx:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, attn_implementation="eager"
+        ).eval()
+        kw = (
+            {}
+            if position_ids is None
+            else dict(position_ids=torch.tensor(position_ids))
+        )
+        with torch.no_grad():
+            out = model(
+                torch.tensor(IDS),
+                attention_mask=torch.tensor(MASK),
+                output_hidden_states=True,
+                **kw,
+            )
+    hs = np.stack([h.numpy() for h in out.hidden_states])
+    return hs, out.logits.numpy(), model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    base = tmp_path_factory.mktemp("decoders")
+    return {f: _write(f, base / f) for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_matches_transformers(checkpoints, family):
+    folder = checkpoints[family]
+    files = sorted(p.name for p in pathlib.Path(folder).iterdir())
+    if family == "mistral":
+        assert "model.safetensors.index.json" in files
+        assert sum(f.endswith(".safetensors") for f in files) >= 2
+    if family == "qwen2":  # the stored tensors are bfloat16
+        raw = open(f"{folder}/model.safetensors", "rb").read(100_000)
+        header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+        assert {e["dtype"] for k, e in header.items() if k != "__metadata__"} == {
+            "BF16"
+        }
+    pos = None
+    if family == "llama":  # explicit, shifted positions
+        pos = np.arange(7)[None] + np.array([[3], [0]])
+    for float64, tol in ((True, 1e-9), (False, 1e-4)):
+        ref, ref_logits, hf = _reference(folder, float64, pos)
+        dtype = jnp.float64 if float64 else jnp.float32
+        model = sj.models.from_huggingface(folder, dtype=dtype)
+        assert isinstance(model, sj.models.DecoderFlow)
+        hs = np.asarray(model.hidden_states(IDS, MASK, pos))
+        assert hs.dtype == np.dtype(dtype) and hs.shape == ref.shape == (3, 2, 7, D)
+        scale = np.abs(ref[:, KEEP]).max()
+        assert np.abs(hs - ref)[:, KEEP].max() < tol * max(1.0, scale)
+        logits = np.asarray(model.logits(IDS, MASK, pos))
+        assert np.abs(logits - ref_logits)[KEEP].max() < tol * max(1.0, scale)
+    if family == "gemma2":  # an in-memory model is read through its state_dict
+        mem = sj.models.from_huggingface(hf, dtype=jnp.float32)
+        np.testing.assert_allclose(mem.hidden_states(IDS, MASK)[:, KEEP], hs[:, KEEP])
+
+
+# ---- bad input
+
+
+def test_bad_checkpoints_and_inputs(checkpoints, tmp_path):
+    import shutil
+
+    def copy(family):
+        dst = tmp_path / family
+        shutil.copytree(checkpoints[family], dst)
+        return dst, json.loads((dst / "config.json").read_text())
+
+    folder, config = copy("llama")
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "mamba"}))
+    with pytest.raises(ValueError, match=r"unsupported model_type 'mamba'.*'llama'"):
+        sj.models.from_huggingface(folder)
+    rope = {**LLAMA3, "rope_type": "yarn"}
+    (folder / "config.json").write_text(json.dumps({**config, "rope_parameters": rope}))
+    with pytest.raises(ValueError, match=r"rope scaling type 'yarn'.*'llama3'"):
+        sj.models.from_huggingface(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 20}))
+    with pytest.raises(ValueError, match=r"mlp.gate_proj.weight' has shape \(24, 16\)"):
+        sj.models.from_huggingface(folder)
+    folder, _ = copy("mistral")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[1]
+    (folder / shard).unlink()
+    with pytest.raises(FileNotFoundError, match=f"shard '{shard}'.*missing"):
+        sj.models.from_huggingface(folder)
+    model = sj.models.from_huggingface(checkpoints["qwen3"])
+    with pytest.raises(ValueError, match=r"`input_ids` must lie in \[0, 50\)"):
+        model.hidden_states(np.array([3, 50, 1]))
+    with pytest.raises(ValueError, match="`attention_mask` must have the shape"):
+        model.hidden_states(IDS, MASK[:, :5])
+    with pytest.raises(ValueError, match="`position_ids` must be integers"):
+        model.hidden_states(IDS, MASK, np.zeros((2, 3), int))
