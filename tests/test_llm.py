@@ -16,6 +16,7 @@ import json
 import math
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -241,3 +242,167 @@ def test_bad_checkpoints_and_inputs(checkpoints, tmp_path):
         model.hidden_states(IDS, MASK[:, :5])
     with pytest.raises(ValueError, match="`position_ids` must be integers"):
         model.hidden_states(IDS, MASK, np.zeros((2, 3), int))
+
+
+# ---- the flows: sub-stepping converges at order 1 (Lie) and 2 (Strang)
+
+# sub-step counts in the asymptotic range of each family (Gemma 2's sqrt(d)
+# embeddings and output norms make fast flows, which need finer steps)
+ORDERS = {
+    "llama": ((32, 64, 128), (16, 32, 64)),  # pre-LN
+    "gpt_neox": ((32, 64, 128), (16, 32, 64)),  # pre-LN, parallel
+    "olmo2": ((32, 64, 128), (16, 32, 64)),  # output norms
+    "gemma2": ((256, 512, 1024), (32, 64, 128)),  # peri-LN
+}
+ALPHA = (0.5, np.linspace(0.2, 0.8, D))  # nGPT step sizes (attention, MLP)
+
+
+def _slope(ms, errors):
+    return -np.polyfit(np.log(ms), np.log(errors), 1)[0]
+
+
+@pytest.mark.parametrize("family", list(ORDERS))
+def test_substeps_converge_to_the_flow(checkpoints, family):
+    model = sj.models.from_huggingface(checkpoints[family], dtype=jnp.float64)
+    lie_ms, strang_ms = ORDERS[family]
+    ref = model.substep_states(
+        IDS, 16 * strang_ms[-1], scheme="strang", attention_mask=MASK
+    )
+    for scheme, ms, order in (("lie", lie_ms, 1.0), ("strang", strang_ms, 2.0)):
+        errors = [
+            np.abs(
+                model.substep_states(IDS, m, scheme=scheme, attention_mask=MASK) - ref
+            )[:, KEEP].max()
+            for m in ms
+        ]
+        assert abs(_slope(ms, errors) - order) < 0.3, (scheme, errors)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_ngpt_rule_converges(checkpoints, family):
+    model = sj.models.from_huggingface(checkpoints[family], dtype=jnp.float64)
+    ms = (4, 8, 16)
+    ref = model.substep_states(IDS, 512, scheme="strang", alpha=ALPHA)
+    assert np.allclose(np.linalg.norm(ref, axis=-1), 1.0, atol=1e-12)
+    for scheme, order in (("lie", 1.0), ("strang", 2.0)):
+        errors = [
+            np.abs(model.substep_states(IDS, m, scheme=scheme, alpha=ALPHA) - ref).max()
+            for m in ms
+        ]
+        assert abs(_slope(ms, errors) - order) < 0.3, (scheme, errors)
+    # one Lie step per layer is the nGPT update of each sub-layer, in numpy
+    x = np.asarray(model.embed(IDS[0]))
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    one = np.asarray(model.substep_states(IDS[0], 1, alpha=ALPHA))
+    layer = model.layer(0)
+    pos, keep = jnp.arange(7), jnp.ones(7, bool)
+    for part in (0, 1):
+        v = np.asarray(layer.velocity(part, jnp.asarray(x), pos, keep))
+        v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+        x = x + np.broadcast_to(ALPHA[part], (D,)) * (v - x)
+        x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    np.testing.assert_allclose(one[1], x, atol=1e-12)
+
+
+def test_solved_flow_and_continuum_distance(checkpoints):
+    """The flow solved by an adaptive integrator is the limit of the sub-steps,
+    and `continuum_distance` is each layer's distance to that solved flow."""
+    model = sj.models.from_huggingface(checkpoints["llama"], dtype=jnp.float64)
+    ids = IDS[0]
+    sol = model.solve(ids, rtol=1e-11, atol=1e-11)
+    strang = model.substep_states(ids, 512, scheme="strang")
+    assert np.abs(np.asarray(sol.ys) - strang).max() < 1e-4
+    states = model.states(ids)
+    field = model.flow()
+    dist = []
+    for k in range(2):
+        end = sj.solve(field, states[k], k + 1.0, t0=float(k), rtol=1e-11, atol=1e-11)
+        step = np.linalg.norm(states[k + 1] - states[k])
+        dist.append(np.linalg.norm(states[k + 1] - end.ys[-1]) / step)
+    got = sj.models.continuum_distance(model, ids, num_substeps=64)
+    np.testing.assert_allclose(got, dist, rtol=1e-3)
+    assert np.all(np.asarray(got) > 0.01)  # the network is not its own flow
+
+
+# ---- dynamics measures
+
+
+def test_effective_time_recovers_known_steps():
+    from scipy.linalg import expm
+
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(4, 4)) / 2
+    x = rng.normal(size=(5, 4))
+    steps = [0.3, 0.8, 1.7]
+
+    def flow_map(y, h):
+        return y @ jax.scipy.linalg.expm(h * jnp.asarray(A)).T
+
+    def velocity(y):
+        return y @ jnp.asarray(A).T
+
+    for h in steps:
+        x1 = x @ expm(h * A).T
+        got, residual = sj.models.effective_time(flow_map, velocity, x, x1)
+        assert abs(float(got) - h) < 1e-9 and float(residual) < 1e-9
+        x = x1
+
+
+def test_effective_times_of_a_decoder(checkpoints):
+    model = sj.models.from_huggingface(checkpoints["llama"], dtype=jnp.float64)
+    h, residual = sj.models.effective_times(model, IDS[0], num_substeps=32)
+    assert h.shape == residual.shape == (2,)
+    # each layer's update is matched better by its flow at h than at h = 1
+    states = model.states(IDS[0])
+    for k in range(2):
+        at_h = model.layer_flow_map(k, states[k], h[k], 32)
+        at_1 = model.layer_flow_map(k, states[k], 1.0, 32)
+        err_h = np.linalg.norm(states[k + 1] - at_h)
+        err_1 = np.linalg.norm(states[k + 1] - at_1)
+        assert err_h <= err_1 + 1e-12
+        assert (
+            abs(err_h / np.linalg.norm(states[k + 1] - states[k]) - residual[k]) < 1e-9
+        )
+
+
+def test_causal_clustering_towards_the_first_token():
+    rng = np.random.default_rng(2)
+    x0 = rng.normal(size=(6, 3))
+    x0 /= np.linalg.norm(x0, axis=1, keepdims=True)
+    field = sj.IdentityAttention(1.0, mask=sj.Causal())
+    ts = jnp.linspace(0.0, 60.0, 7)
+    sol = sj.solve(field, x0, 60.0, ts=ts, rtol=1e-9, atol=1e-9)
+    cos = np.asarray(sj.models.first_token_cosines(sol.ys))
+    ys = np.asarray(sol.ys)
+    np.testing.assert_allclose(cos, np.einsum("tnd,td->tn", ys, ys[:, 0]), atol=1e-12)
+    assert cos[0, 1:].min() < 0.5 and cos[-1].min() > 0.999
+    hist, edges = sj.models.cosine_histograms(sol.ys, bins=10)
+    assert hist.shape == (7, 10) and edges[0] == -1 and edges[-1] == 1
+    np.testing.assert_allclose(hist.sum(1) * 0.2, 1.0)
+    assert hist[-1, -1] * 0.2 == pytest.approx(
+        1.0
+    )  # every pair in the top bin at the end
+    padded = sj.models.first_token_cosines(
+        sol.ys[:, None], np.array([[1, 1, 1, 1, 1, 0]])
+    )
+    assert np.isnan(padded[:, 0, -1]).all() and not np.isnan(padded[:, 0, :-1]).any()
+
+
+def test_first_token_attention_matches_transformers(checkpoints):
+    folder = checkpoints["gemma2"]
+    with _hf_float64():
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float64, attn_implementation="eager"
+        ).eval()
+        with torch.no_grad():
+            out = hf(
+                torch.tensor(IDS),
+                attention_mask=torch.tensor(MASK),
+                output_attentions=True,
+            )
+    ref = np.stack([a.numpy()[..., 0].mean(1) for a in out.attentions])  # (L, B, n)
+    model = sj.models.from_huggingface(folder, dtype=jnp.float64)
+    got = np.asarray(sj.models.first_token_attention(model, IDS, MASK))
+    assert got.shape == (2, 2, 7)
+    np.testing.assert_allclose(got[:, KEEP], ref[:, KEEP], atol=1e-12)
+    assert np.isnan(got[:, ~KEEP]).all()
