@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -406,3 +407,19 @@ def test_first_token_attention_matches_transformers(checkpoints):
     assert got.shape == (2, 2, 7)
     np.testing.assert_allclose(got[:, KEEP], ref[:, KEEP], atol=1e-12)
     assert np.isnan(got[:, ~KEEP]).all()
+
+
+def test_docs_example_runs():
+    text = pathlib.Path(__file__).resolve().parent.parent / "docs" / "real_models.md"
+    section = text.read_text().split("## Llama-era decoders", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "docs/real_models.md", "exec"), namespace)
+    assert namespace["hs"].shape == (3, 2, 5, 16)
+    assert namespace["logits"].shape == (2, 5, 64)
+    # the solved flow and the sub-steps agree as their orders say
+    end = np.asarray(namespace["sol"].ys[-1])
+    assert np.abs(np.asarray(namespace["strang"][-1]) - end).max() < 1e-3
+    assert np.abs(np.asarray(namespace["lie"][-1]) - end).max() < 0.1
+    assert namespace["hist"].shape == (3, 20)
