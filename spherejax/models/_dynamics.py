@@ -7,6 +7,7 @@ histograms. They take a `TransformerFlow` or a `DecoderFlow` (from
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -149,6 +150,7 @@ def effective_times(
                 k, x, h, num_substeps, attention_mask=attention_mask
             )
 
+        @jax.jit
         def velocity(x, layer=layer, kp=kp, pos=pos):
             out = layer.velocity(0, x, pos, kp) + layer.velocity(1, x, pos, kp)
             return jnp.where(kp[:, None], out, 0)
