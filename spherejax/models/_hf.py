@@ -1,6 +1,7 @@
 """Import Hugging Face BERT-family encoders and GPT-2 decoders as `TransformerFlow`s.
 
-The weights are read with the `safetensors` package's numpy API (no torch needed);
+The weights are read tensor by tensor from the safetensors files with numpy (no
+torch, no `safetensors` package needed);
 an in-memory `transformers` model is read through its `state_dict()`. Text is
 tokenised with the `tokenizers` package (`tokenize`). Everything else is JAX.
 """
@@ -299,26 +300,32 @@ decoders of `DECODERS` come as `DecoderFlow`s)."""
 
 def from_huggingface(source, *, dtype=None) -> TransformerFlow | DecoderFlow:
     r"""Import a Hugging Face BERT-family encoder (`BertModel`: BERT, MiniLM, e.g.
-    all-MiniLM-L6-v2) or GPT-2 decoder (`GPT2Model`) as a `TransformerFlow`.
+    all-MiniLM-L6-v2) or GPT-2 decoder (`GPT2Model`) as a `TransformerFlow`, or a
+    Llama-era decoder (`model_type` in `DECODERS`: `llama`, `mistral`, `qwen2`,
+    `qwen3`, `gemma`, `gemma2`, `gpt_neox`, `olmo2`; the base model or its
+    `...ForCausalLM`) as a `DecoderFlow`.
 
     **Arguments:**
 
-    - `source`: a directory holding `config.json` and `model.safetensors` (read with
-      the `safetensors` package's numpy API: no torch needed), or an in-memory
-      `transformers` model (`BertModel`, `GPT2Model`, or a model wrapping one).
+    - `source`: a directory holding `config.json` and `model.safetensors` or the
+      shards of `model.safetensors.index.json` (read tensor by tensor with numpy:
+      no torch needed; bfloat16 and float16 weights are cast), or an in-memory
+      `transformers` model (`BertModel`, `GPT2Model`, a decoder, or a model
+      wrapping one).
     - `dtype`: the float type of the parameters (default JAX's default float; use
       float64, `jax_enable_x64`, to reproduce the model to ~1e-12).
 
-    **Returns:** a `TransformerFlow` whose `hidden_states(input_ids,
-    attention_mask)` are the model's `output_hidden_states` (stacked), whose
-    `field` is the layer-wise attention flow (layer `k` on `[k, k + 1)`) and whose
-    `solve` integrates its continuous-time limit.
+    **Returns:** a `TransformerFlow` (encoders, GPT-2) or a `DecoderFlow`, whose
+    `hidden_states(input_ids, attention_mask)` are the model's
+    `output_hidden_states` (stacked; eager attention), whose layers are unit time
+    steps of a flow (layer `k` on `[k, k + 1)`) and whose `solve` integrates its
+    continuous-time limit.
 
-    **Raises:** `ValueError` naming an unsupported `model_type`/architecture or
-    config option (e.g. rotary or relative position embeddings, cross-attention,
-    an unknown activation); `FileNotFoundError` for a missing `config.json` or
-    `model.safetensors`; `ImportError` naming the `real` extra when `safetensors` is
-    missing.
+    **Raises:** `ValueError` naming an unsupported `model_type` (with the
+    supported ones), rope scaling type or config option (e.g. relative position
+    embeddings, cross-attention, an unknown activation), or a weight whose shape
+    disagrees with the config; `FileNotFoundError` for a missing `config.json`,
+    weights file, or a shard named in `model.safetensors.index.json`.
     """
     config, weights, _ = _read_source(source)
     model_type = config.get("model_type")
