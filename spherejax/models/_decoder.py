@@ -255,36 +255,36 @@ def _layer_run(
     `h = duration/m`."""
     h = jnp.asarray(duration, x.dtype) / m.astype(x.dtype)
 
-    if alpha is None:
+    def f(part):
+        return lambda t, y, args: layer.velocity(part, y, pos, keep)
 
-        def v(part, y):
-            return layer.velocity(part, y, pos, keep)
+    def v_own(part, y):
+        return layer.velocity(part, y, pos, keep)
 
-        def mid(part, y, tau):
-            return y + tau * v(part, y + 0.5 * tau * v(part, y))
+    def mid_own(part, y, tau):
+        return y + tau * v_own(part, y + 0.5 * tau * v_own(part, y))
 
-        def lie(y):
-            if parallel:
-                return y + h * (v(0, y) + v(1, y))
-            return layer.euler(1, layer.euler(0, y, h, pos, keep), h, pos, keep)
+    def lie_own(y):
+        if parallel:
+            return y + h * (v_own(0, y) + v_own(1, y))
+        return layer.euler(1, layer.euler(0, y, h, pos, keep), h, pos, keep)
 
-    else:
+    def v_ngpt(part, y):
+        assert alpha is not None
+        u = alpha[part].astype(y.dtype) * (_sphere(f(part)(0.0, y, None)) - y)
+        return u - jnp.sum(u * y, axis=-1, keepdims=True) * y
 
-        def f(part):
-            return lambda t, y, args: layer.velocity(part, y, pos, keep)
+    def mid_ngpt(part, y, tau):
+        ym = _sphere(y + 0.5 * tau * v_ngpt(part, y))
+        return _sphere(y + tau * v_ngpt(part, ym))
 
-        def v(part, y):
-            u = alpha[part].astype(y.dtype) * (_sphere(f(part)(0.0, y, None)) - y)
-            return u - jnp.sum(u * y, axis=-1, keepdims=True) * y
+    def lie_ngpt(y):
+        assert alpha is not None
+        for part in (0, 1):
+            y = NGPT.step_with(f(part), alpha[part], 0.0, h, y, None)
+        return y
 
-        def mid(part, y, tau):
-            ym = _sphere(y + 0.5 * tau * v(part, y))
-            return _sphere(y + tau * v(part, ym))
-
-        def lie(y):
-            for part in (0, 1):
-                y = NGPT.step_with(f(part), alpha[part], 0.0, h, y, None)
-            return y
+    mid, lie = (mid_own, lie_own) if alpha is None else (mid_ngpt, lie_ngpt)
 
     def strang(y):
         y = mid(0, y, 0.5 * h)
@@ -548,13 +548,14 @@ class DecoderFlow(eqx.Module):
         x = jnp.asarray(x)
         keep, pos = _mask_pos(attention_mask, position_ids, (1, x.shape[0]))
         m = jnp.asarray(int(num_substeps))
+        duration = jnp.asarray(duration, x.dtype)  # traced: one compilation
         return _flow_map(self, jnp.asarray(k), x, keep[0], pos[0], m, duration)
 
     def flow(self, attention_mask=None, position_ids=None) -> "DecoderField":
         """The continuous-time field of one sequence (`Euclidean()` tokens)."""
         keep = None if attention_mask is None else jnp.asarray(attention_mask, bool)
         pos = None if position_ids is None else jnp.asarray(position_ids)
-        return DecoderField(self, keep, pos)
+        return DecoderField(model=self, keep=keep, positions=pos)
 
     def solve(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
         """Integrate the continuous-time flow of one sequence from its embeddings

@@ -7,7 +7,7 @@ histograms. They take a `TransformerFlow` or a `DecoderFlow` (from
 
 from collections.abc import Callable
 
-import jax
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -113,6 +113,12 @@ def effective_time(
     return h, res
 
 
+@eqx.filter_jit
+def _layer_velocity(layer, x, pos, keep):
+    out = layer.velocity(0, x, pos, keep) + layer.velocity(1, x, pos, keep)
+    return jnp.where(keep[:, None], out, 0)
+
+
 def effective_times(
     model: DecoderFlow,
     input_ids,
@@ -150,10 +156,8 @@ def effective_times(
                 k, x, h, num_substeps, attention_mask=attention_mask
             )
 
-        @jax.jit
         def velocity(x, layer=layer, kp=kp, pos=pos):
-            out = layer.velocity(0, x, pos, kp) + layer.velocity(1, x, pos, kp)
-            return jnp.where(kp[:, None], out, 0)
+            return _layer_velocity(layer, x, pos, kp)
 
         x1 = jnp.where(kp[:, None], zs[k + 1], zs[k])
         h, r = effective_time(flow_map, velocity, zs[k], x1, iterations=iterations)

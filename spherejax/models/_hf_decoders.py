@@ -5,6 +5,7 @@ at a time and cast to the requested float type on load."""
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -163,7 +164,9 @@ def _windows(config: dict, model_type: str, L: int) -> np.ndarray:
         sliding = [size is not None] * L
     else:
         sliding = [False] * L
-    if any(sliding) and (size is None or int(size) < 1):
+    if not any(sliding):
+        return np.zeros(L, np.int32)
+    if size is None or int(size) < 1:
         raise ValueError(
             f"sliding-window layers need a `sliding_window` >= 1; got {size!r}."
         )
@@ -254,7 +257,7 @@ def import_decoder(
             lambda a: a.reshape(d, h, c).transpose(1, 0, 2),
         )
         bo = opt_stack("attention.dense.bias", (d,))
-        mlp = dict(
+        mlp: dict[str, Any] = dict(
             W_gate=None,
             b_gate=None,
             W_up=stack("mlp.dense_h_to_4h.weight", (m, d)),
@@ -262,7 +265,7 @@ def import_decoder(
             W_down=stack("mlp.dense_4h_to_h.weight", (d, m)),
             b_down=opt_stack("mlp.dense_4h_to_h.bias", (d,)),
         )
-        norms = dict(
+        norms: dict[str, Any] = dict(
             attn_norm=ln("input_layernorm"),
             attn_out_norm=None,
             mlp_norm=ln("post_attention_layernorm"),
