@@ -85,6 +85,15 @@ FAMILIES = {
     # norms after each sub-layer, qk-norm over all heads
     "olmo2": ("Olmo2Config", {}),
     "gemma": ("GemmaConfig", dict(head_dim=8)),
+    # fused qkv and gate/up projections, rotary on half of each head
+    "phi3": (
+        "Phi3Config",
+        dict(
+            rope_parameters=dict(
+                rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5
+            )
+        ),
+    ),
 }
 IDS = np.random.default_rng(0).integers(3, V, (2, 7))
 MASK = np.ones((2, 7), np.int64)

@@ -1,8 +1,8 @@
 """Real Transformers as attention flows: importers for Hugging Face BERT-family
 encoders, GPT-2 and the Llama-era decoders (Llama, Mistral, Qwen 2/3, Gemma 1/2,
-GPT-NeoX, OLMo 2) and for `torch.nn.TransformerEncoder`, the `TransformerFlow` and
-`DecoderFlow` they return, measures of their dynamics, and the MiniLM trajectories
-used for fitting."""
+GPT-NeoX, OLMo 2, Phi-3) and for `torch.nn.TransformerEncoder`, the
+`TransformerFlow` and `DecoderFlow` they return, measures of their dynamics, and
+the MiniLM trajectories used for fitting."""
 
 from ._decoder import (
     DecoderField as DecoderField,

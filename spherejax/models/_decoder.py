@@ -1,5 +1,5 @@
 r"""Llama-era decoders (Llama, Mistral, Qwen 2 and 3, Gemma 1 and 2, GPT-NeoX,
-OLMo 2) as discretisations of attention flows.
+OLMo 2, Phi-3) as discretisations of attention flows.
 
 **The network.** The state is the residual stream $x \in \mathbb{R}^{n\times d}$
 (one row per token), started at the token embeddings (times $\sqrt d$ for Gemma).
@@ -15,7 +15,7 @@ and the layer is $x \leftarrow x + v^k_{\mathrm{attn}}(x)$ then $x \leftarrow x 
 v^k_{\mathrm{mlp}}(x)$ (sequential), or $x \leftarrow x + v^k_{\mathrm{attn}}(x)
 + v^k_{\mathrm{mlp}}(x)$ (parallel: GPT-NeoX). The placements:
 
-- **pre-LN** (Llama, Mistral, Qwen, Gemma 1, GPT-NeoX): $\mathcal N$ only
+- **pre-LN** (Llama, Mistral, Qwen, Gemma 1, GPT-NeoX, Phi-3): $\mathcal N$ only
   (`spherejax.transformers.PreNorm`);
 - **peri-LN** (Gemma 2): $\mathcal N$ and $\mathcal M$
   (`spherejax.transformers.PeriNorm`);

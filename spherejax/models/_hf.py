@@ -302,7 +302,7 @@ def from_huggingface(source, *, dtype=None) -> TransformerFlow | DecoderFlow:
     r"""Import a Hugging Face BERT-family encoder (`BertModel`: BERT, MiniLM, e.g.
     all-MiniLM-L6-v2) or GPT-2 decoder (`GPT2Model`) as a `TransformerFlow`, or a
     Llama-era decoder (`model_type` in `DECODERS`: `llama`, `mistral`, `qwen2`,
-    `qwen3`, `gemma`, `gemma2`, `gpt_neox`, `olmo2`; the base model or its
+    `qwen3`, `gemma`, `gemma2`, `gpt_neox`, `olmo2`, `phi3`; the base model or its
     `...ForCausalLM`) as a `DecoderFlow`.
 
     **Arguments:**

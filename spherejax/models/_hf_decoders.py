@@ -1,5 +1,5 @@
 """Hugging Face Llama-era decoders (`llama`, `mistral`, `qwen2`, `qwen3`, `gemma`,
-`gemma2`, `gpt_neox`, `olmo2`) as `DecoderFlow`s: the config read, every weight
+`gemma2`, `gpt_neox`, `olmo2`, `phi3`) as `DecoderFlow`s: the config read, every weight
 checked against the shape the config implies, stacked over the layers one tensor
 at a time and cast to the requested float type on load."""
 
@@ -26,6 +26,7 @@ DECODERS = (
     "gemma2",
     "gpt_neox",
     "olmo2",
+    "phi3",
 )
 """The decoder `model_type`s `from_huggingface` imports."""
 
@@ -160,7 +161,7 @@ def _windows(config: dict, model_type: str, L: int) -> np.ndarray:
                 "'sliding_attention'."
             )
         sliding = [t == "sliding_attention" for t in types[:L]]
-    elif model_type == "mistral":
+    elif model_type in ("mistral", "phi3"):
         sliding = [size is not None] * L
     else:
         sliding = [False] * L
@@ -282,26 +283,44 @@ def import_decoder(
         head_names = ("embed_out.weight", "lm_head.weight")
     else:
         sa = "self_attn."
-        Wq = stack(sa + "q_proj.weight", (h * c, d), heads(h))
-        Wk = stack(sa + "k_proj.weight", (g * c, d), heads(g))
-        Wv = stack(sa + "v_proj.weight", (g * c, d), heads(g))
+        if mt == "phi3":  # fused projections: rows [q (h c), k (g c), v (g c)]
+            qkv, rows = sa + "qkv_proj.weight", ((h + 2 * g) * c, d)
+            Wq = stack(qkv, rows, lambda a: a[: h * c].reshape(h, c, d))
+            Wk = stack(qkv, rows, lambda a: a[h * c : (h + g) * c].reshape(g, c, d))
+            Wv = stack(qkv, rows, lambda a: a[(h + g) * c :].reshape(g, c, d))
+            bq = bk = bv = None
+        else:
+            Wq = stack(sa + "q_proj.weight", (h * c, d), heads(h))
+            Wk = stack(sa + "k_proj.weight", (g * c, d), heads(g))
+            Wv = stack(sa + "v_proj.weight", (g * c, d), heads(g))
+            bq = opt_stack(sa + "q_proj.bias", (h * c,), lambda a: a.reshape(h, c))
+            bk = opt_stack(sa + "k_proj.bias", (g * c,), lambda a: a.reshape(g, c))
+            bv = opt_stack(sa + "v_proj.bias", (g * c,), lambda a: a.reshape(g, c))
         Wo = stack(
             sa + "o_proj.weight",
             (d, h * c),
             lambda a: a.reshape(d, h, c).transpose(1, 0, 2),
         )
-        bq = opt_stack(sa + "q_proj.bias", (h * c,), lambda a: a.reshape(h, c))
-        bk = opt_stack(sa + "k_proj.bias", (g * c,), lambda a: a.reshape(g, c))
-        bv = opt_stack(sa + "v_proj.bias", (g * c,), lambda a: a.reshape(g, c))
         bo = opt_stack(sa + "o_proj.bias", (d,))
-        mlp = dict(
-            W_gate=stack("mlp.gate_proj.weight", (m, d)),
-            b_gate=opt_stack("mlp.gate_proj.bias", (m,)),
-            W_up=stack("mlp.up_proj.weight", (m, d)),
-            b_up=opt_stack("mlp.up_proj.bias", (m,)),
-            W_down=stack("mlp.down_proj.weight", (d, m)),
-            b_down=opt_stack("mlp.down_proj.bias", (d,)),
-        )
+        if mt == "phi3":  # rows [gate (m), up (m)]
+            gu = "mlp.gate_up_proj.weight"
+            mlp = dict(
+                W_gate=stack(gu, (2 * m, d), lambda a: a[:m]),
+                b_gate=None,
+                W_up=stack(gu, (2 * m, d), lambda a: a[m:]),
+                b_up=None,
+                W_down=stack("mlp.down_proj.weight", (d, m)),
+                b_down=None,
+            )
+        else:
+            mlp = dict(
+                W_gate=stack("mlp.gate_proj.weight", (m, d)),
+                b_gate=opt_stack("mlp.gate_proj.bias", (m,)),
+                W_up=stack("mlp.up_proj.weight", (m, d)),
+                b_up=opt_stack("mlp.up_proj.bias", (m,)),
+                W_down=stack("mlp.down_proj.weight", (d, m)),
+                b_down=opt_stack("mlp.down_proj.bias", (d,)),
+            )
         if mt == "olmo2":
             qn, kn = opt_rms(sa + "q_norm", h * c), opt_rms(sa + "k_norm", g * c)
             norms = dict(
