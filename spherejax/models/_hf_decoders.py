@@ -223,6 +223,12 @@ def import_decoder(
     r = _Reader(weights, prefix, dtype)
     theta, fraction, scaling = _rope(config)
     rope = RoPE(theta, fraction, scaling)
+    if int(c * fraction) % 2:
+        raise ValueError(
+            f"the rotary dimension int(head_dim * partial_rotary_factor) = "
+            f"{int(c * fraction)} is odd (head_dim {c}, factor {fraction}); supported: "
+            "an even number of rotated coordinates per head."
+        )
     act = _activation(config)
     lay = "layers.{}."
 
