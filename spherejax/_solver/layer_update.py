@@ -273,3 +273,137 @@ ProjectedMidpoint.__init__.__doc__ = """**Arguments:**
 - `tangent`: project the second stage's velocity onto the tangent space at the
   step's start (default); `False` adds it as it is.
 """
+
+
+class PeriNorm(AbstractLayerUpdate):
+    r"""Peri-normalisation (peri-LN: Gemma 2 and 3, OLMo 2 without the input
+    norm): a norm on the sub-layer's input and one on its output,
+
+    $$x_{k+1} = x_k + h\,\mathcal N_{\mathrm{out}}\big(f(t_k, \mathcal N(x_k))\big),$$
+
+    the residual stream itself not normalised. `norm` (the input's) may be `None`
+    (OLMo 2: $x_{k+1} = x_k + h\,\mathcal N_{\mathrm{out}}(f(t_k, x_k))$). The flow
+    it discretises (order 1) is $\dot x = \mathcal N_{\mathrm{out}}(f(t,
+    \mathcal N(x)))$: with RMSNorms the velocity has the fixed length
+    $|(c + w_{\mathrm{out}}) \odot N_\varepsilon(\cdot)| \le \sqrt d \max|c + w|$
+    whatever the sub-layer's output, so the residual stream grows at most linearly
+    in depth.
+    """
+
+    out_norm: Any = None
+
+    def __init__(
+        self,
+        norm: Any = None,
+        out_norm: Any = None,
+        *,
+        times: Any = None,
+        manifold: AbstractManifold | None = None,
+    ):
+        super().__init__(norm, times=times, manifold=manifold)
+        self.out_norm = out_norm
+
+    def __check_init__(self):
+        if self.out_norm is None:
+            raise ValueError(
+                "`PeriNorm` needs the output normalisation `out_norm` (without it the "
+                "rule is `PreNorm`)."
+            )
+
+    def single_step(self, terms, t0, t1, y0, args):
+        out = self.out_norm
+        if out.layered:
+            out = out.at(layer_index(self.times, t0, t1))
+        f = step_field(_find_field(terms), t0, t1)
+        norm = self.norm
+        if norm is not None and norm.layered:
+            norm = norm.at(layer_index(self.times, t0, t1))
+        return self.step_with(f, norm, out, t0, terms.contr(t0, t1), y0, args)
+
+    def step_with(self, f, norm, out_norm, t, h, y, args) -> Array:
+        """One step with the given (single-layer) input and output norms."""
+        u = y if norm is None else norm(y)
+        return y + h * out_norm(f(t, u, args))
+
+    def update(self, f, norm, t, h, y, args):
+        out = self.out_norm.at(0) if self.out_norm.layered else self.out_norm
+        return self.step_with(f, norm, out, t, h, y, args)
+
+
+class NGPT(AbstractLayerUpdate):
+    r"""The normalised Transformer's update (nGPT, Loshchilov et al. 2024): states
+    kept on the unit sphere, the sub-layer's normalised output approached with
+    per-coordinate step sizes $\alpha$ (the "eigen learning rates"),
+
+    $$x_{k+1} = \mathrm{Norm}\Big(x_k + h\,\alpha \odot
+    \big(\mathrm{Norm}(f(t_k, x_k)) - x_k\big)\Big),\qquad
+    \mathrm{Norm}(v) = v/|v|.$$
+
+    Order 1 (a retraction Euler step) for the flow on the sphere
+
+    $$\dot x = P_x\big[\alpha \odot (\mathrm{Norm}(f(t, x)) - x)\big],\qquad
+    P_x = I - x x^\top,$$
+
+    in which $-P_x(\alpha\odot x)$ vanishes for a scalar $\alpha$ and otherwise
+    pulls $x$ towards the coordinates of large step size; for scalar $\alpha$
+    the flow moves $x$ along the great circle towards $\mathrm{Norm}(f(x))$ with
+    speed $\alpha \sin\angle(x, f(x))$. `alpha` has shape `(d,)` or `(L, d)`.
+
+    ??? cite
+        I. Loshchilov, C.-P. Hsieh, S. Sun, B. Ginsburg, *nGPT: Normalized
+        Transformer with representation learning on the hypersphere*,
+        arXiv:2410.01131.
+    """
+
+    alpha: Float[Array, "*L d"] | None = None
+
+    def __init__(
+        self,
+        alpha: Any,
+        *,
+        times: Any = None,
+        manifold: AbstractManifold | None = None,
+    ):
+        super().__init__(None, times=times, manifold=manifold)
+        self.alpha = jnp.asarray(alpha)
+
+    def __check_init__(self):
+        if self.alpha is None or self.alpha.ndim not in (0, 1, 2):
+            raise ValueError("`alpha` must be a scalar, `(d,)` or `(L, d)`.")
+
+    def single_step(self, terms, t0, t1, y0, args):
+        alpha = self.alpha
+        assert alpha is not None
+        if alpha.ndim == 2:
+            alpha = alpha[layer_index(self.times, t0, t1)]
+        f = step_field(_find_field(terms), t0, t1)
+        return self.step_with(f, alpha, t0, terms.contr(t0, t1), y0, args)
+
+    @staticmethod
+    def step_with(f, alpha, t, h, y, args) -> Array:
+        """One step with step sizes `alpha` (`(d,)` or a scalar)."""
+        v = f(t, y, args)
+        v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+        y1 = y + h * jnp.asarray(alpha, y.dtype) * (v - y)
+        return y1 / jnp.linalg.norm(y1, axis=-1, keepdims=True)
+
+    def update(self, f, norm, t, h, y, args):
+        del norm
+        assert self.alpha is not None
+        alpha = self.alpha[0] if self.alpha.ndim == 2 else self.alpha
+        return self.step_with(f, alpha, t, h, y, args)
+
+
+PeriNorm.__init__.__doc__ = """**Arguments:**
+
+- `norm`: the input's normalisation (`LayerNorm`, `RMSNorm`, ...) or `None`.
+- `out_norm`: the output's normalisation (required).
+- `times`, `manifold`: as for `PreNorm`.
+"""
+NGPT.__init__.__doc__ = """**Arguments:**
+
+- `alpha`: the step sizes $\\alpha$, a scalar, `(d,)`, or `(L, d)` one row per
+  layer.
+- `times`, `manifold`: as for `PreNorm` (the state is kept on the unit sphere by
+  the rule itself).
+"""

@@ -1,9 +1,25 @@
 """Real Transformers as attention flows: importers for Hugging Face BERT-family
-encoders and GPT-2 decoders and for `torch.nn.TransformerEncoder`, the
-`TransformerFlow` they return, and the MiniLM trajectories used for fitting."""
+encoders, GPT-2 and the Llama-era decoders (Llama, Mistral, Qwen 2/3, Gemma 1/2,
+GPT-NeoX, OLMo 2, Phi-3) and for `torch.nn.TransformerEncoder`, the
+`TransformerFlow` and `DecoderFlow` they return, measures of their dynamics, and
+the MiniLM trajectories used for fitting."""
 
+from ._decoder import (
+    DecoderField as DecoderField,
+    DecoderFlow as DecoderFlow,
+    DecoderLayer as DecoderLayer,
+)
+from ._dynamics import (
+    continuum_distance as continuum_distance,
+    cosine_histograms as cosine_histograms,
+    effective_time as effective_time,
+    effective_times as effective_times,
+    first_token_attention as first_token_attention,
+    first_token_cosines as first_token_cosines,
+)
 from ._flow import ResidualFlow as ResidualFlow, TransformerFlow as TransformerFlow
 from ._hf import from_huggingface as from_huggingface, tokenize as tokenize
+from ._hf_decoders import DECODERS as DECODERS
 from ._minilm import (
     MINILM as MINILM,
     MINILM_CACHE as MINILM_CACHE,

@@ -1,6 +1,7 @@
 """Import Hugging Face BERT-family encoders and GPT-2 decoders as `TransformerFlow`s.
 
-The weights are read with the `safetensors` package's numpy API (no torch needed);
+The weights are read tensor by tensor from the safetensors files with numpy (no
+torch, no `safetensors` package needed);
 an in-memory `transformers` model is read through its `state_dict()`. Text is
 tokenised with the `tokenizers` package (`tokenize`). Everything else is JAX.
 """
@@ -19,7 +20,10 @@ from .._attention import Causal
 from .._field import FeedForward, Layerwise, SelfAttention, Sum
 from .._manifold import Euclidean
 from .._transformer import LayerNorm
+from ._decoder import DecoderFlow
 from ._flow import TransformerFlow
+from ._hf_decoders import DECODERS, import_decoder
+from ._safetensors import SafetensorsCheckpoint
 
 
 _EXTRA = (
@@ -58,27 +62,31 @@ def _activation(name: str, key: str) -> Callable:
 
 
 def _read_source(source) -> tuple[dict, Mapping[str, np.ndarray], str | None]:
-    """`(config dict, weights by name, directory or None)`."""
+    """`(config dict, weights by name, directory or None)`. A directory's
+    `model.safetensors` (or the shards listed in `model.safetensors.index.json`)
+    is read lazily, one tensor at a time when indexed."""
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
         if not path.is_dir():
             raise FileNotFoundError(f"`source` {str(path)!r} is not a directory.")
         config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"`source` {str(path)!r} has no config.json (a Hugging Face model "
+                "directory holds config.json and model.safetensors, or the shards "
+                "listed in model.safetensors.index.json)."
+            )
         weights_file = path / "model.safetensors"
-        for f in (config_file, weights_file):
-            if not f.is_file():
-                raise FileNotFoundError(
-                    f"`source` {str(path)!r} has no {f.name} (a Hugging Face model "
-                    "directory holds config.json and model.safetensors)."
-                )
-        try:
-            from safetensors.numpy import load_file
-        except ImportError as e:
-            raise ImportError(
-                f"reading model.safetensors needs `safetensors`: {_EXTRA}."
-            ) from e
+        index_file = path / "model.safetensors.index.json"
+        if not (weights_file.is_file() or index_file.is_file()):
+            raise FileNotFoundError(
+                f"`source` {str(path)!r} has no model.safetensors nor "
+                "model.safetensors.index.json (a Hugging Face model directory holds "
+                "config.json and the weights; save them with "
+                "`model.save_pretrained(dir)`, which writes safetensors)."
+            )
         config = json.loads(config_file.read_text())
-        return config, load_file(str(weights_file)), str(path)
+        return config, SafetensorsCheckpoint.from_directory(path), str(path)
     state_dict = getattr(source, "state_dict", None)
     config = getattr(source, "config", None)
     if state_dict is None or config is None:
@@ -286,39 +294,49 @@ def _gpt2(config: dict, w: _Weights, dtype) -> TransformerFlow:
 
 
 SUPPORTED = {"bert": ("BertModel", _bert), "gpt2": ("GPT2Model", _gpt2)}
-"""Supported `config.model_type`s and their architectures."""
+"""Supported encoder and GPT-2 `config.model_type`s and their architectures (the
+decoders of `DECODERS` come as `DecoderFlow`s)."""
 
 
-def from_huggingface(source, *, dtype=None) -> TransformerFlow:
+def from_huggingface(source, *, dtype=None) -> TransformerFlow | DecoderFlow:
     r"""Import a Hugging Face BERT-family encoder (`BertModel`: BERT, MiniLM, e.g.
-    all-MiniLM-L6-v2) or GPT-2 decoder (`GPT2Model`) as a `TransformerFlow`.
+    all-MiniLM-L6-v2) or GPT-2 decoder (`GPT2Model`) as a `TransformerFlow`, or a
+    Llama-era decoder (`model_type` in `DECODERS`: `llama`, `mistral`, `qwen2`,
+    `qwen3`, `gemma`, `gemma2`, `gpt_neox`, `olmo2`, `phi3`; the base model or its
+    `...ForCausalLM`) as a `DecoderFlow`.
 
     **Arguments:**
 
-    - `source`: a directory holding `config.json` and `model.safetensors` (read with
-      the `safetensors` package's numpy API: no torch needed), or an in-memory
-      `transformers` model (`BertModel`, `GPT2Model`, or a model wrapping one).
+    - `source`: a directory holding `config.json` and `model.safetensors` or the
+      shards of `model.safetensors.index.json` (read tensor by tensor with numpy:
+      no torch needed; bfloat16 and float16 weights are cast), or an in-memory
+      `transformers` model (`BertModel`, `GPT2Model`, a decoder, or a model
+      wrapping one).
     - `dtype`: the float type of the parameters (default JAX's default float; use
       float64, `jax_enable_x64`, to reproduce the model to ~1e-12).
 
-    **Returns:** a `TransformerFlow` whose `hidden_states(input_ids,
-    attention_mask)` are the model's `output_hidden_states` (stacked), whose
-    `field` is the layer-wise attention flow (layer `k` on `[k, k + 1)`) and whose
-    `solve` integrates its continuous-time limit.
+    **Returns:** a `TransformerFlow` (encoders, GPT-2) or a `DecoderFlow`, whose
+    `hidden_states(input_ids, attention_mask)` are the model's
+    `output_hidden_states` (stacked; eager attention), whose layers are unit time
+    steps of a flow (layer `k` on `[k, k + 1)`) and whose `solve` integrates its
+    continuous-time limit.
 
-    **Raises:** `ValueError` naming an unsupported `model_type`/architecture or
-    config option (e.g. rotary or relative position embeddings, cross-attention,
-    an unknown activation); `FileNotFoundError` for a missing `config.json` or
-    `model.safetensors`; `ImportError` naming the `real` extra when `safetensors` is
-    missing.
+    **Raises:** `ValueError` naming an unsupported `model_type` (with the
+    supported ones), rope scaling type or config option (e.g. relative position
+    embeddings, cross-attention, an unknown activation), or a weight whose shape
+    disagrees with the config; `FileNotFoundError` for a missing `config.json`,
+    weights file, or a shard named in `model.safetensors.index.json`.
     """
     config, weights, _ = _read_source(source)
     model_type = config.get("model_type")
+    if model_type in DECODERS:
+        dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+        return import_decoder(config, weights, dtype)
     if model_type not in SUPPORTED:
         archs = config.get("architectures")
         raise ValueError(
             f"unsupported model_type {model_type!r} (architectures {archs}); "
-            f"supported: {sorted(SUPPORTED)} ({[a for a, _ in SUPPORTED.values()]})."
+            f"supported: {sorted([*SUPPORTED, *DECODERS])}."
         )
     for key in ("rope_theta", "rope_scaling", "rotary_dim", "rotary_emb_base"):
         if key in config:

