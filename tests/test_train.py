@@ -2,7 +2,14 @@
 independent quadratures, gradients against finite differences, the kinetic
 regulariser's effect, kill-and-resume, bad input and a loss turning NaN."""
 
+import os
 import pathlib
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import diffrax
 import equinox as eqx
@@ -11,6 +18,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+import pytest
 from helpers import standard_promotion
 
 import spherejax as sj
@@ -134,3 +142,188 @@ def test_gradients_match_finite_differences():
 
     numeric = (float(f(moved(h))) - float(f(moved(-h)))) / (2 * h)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained_pair():
+    """The same tiny problem trained with `lambda_k = 0` and `lambda_k = 1` (same
+    seeds, data and budget): one compiled step serves both."""
+    model = _model(jr.PRNGKey(7))
+    data, test = _data(jr.PRNGKey(8), 64), _data(jr.PRNGKey(9), 64)
+    runs = {lk: T.train(model, data, lambda_kinetic=lk, **TRAIN) for lk in (0.0, 1.0)}
+    return runs, test
+
+
+def test_kinetic_regulariser_lowers_action_and_test_nfe(trained_pair):
+    runs, test = trained_pair
+    plain, regular = (T.evaluate(runs[lk].model, test) for lk in (0.0, 1.0))
+    assert regular["kinetic"] < 0.5 * plain["kinetic"], (plain, regular)
+    assert regular["nfe"] < 0.8 * plain["nfe"], (plain, regular)
+    # the recorded training curves are per step and finite
+    for run in runs.values():
+        assert len(run.history["nfe"]) == TRAIN["steps"]
+        assert np.all(np.isfinite(run.history["loss"]))
+
+
+RESUMABLE = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp, jax.random as jr, numpy as np, optax
+    jax.config.update("jax_enable_x64", True)
+    import diffrax
+    import spherejax as sj
+    from spherejax import training as T
+
+    ckpt, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    k = jr.split(jr.PRNGKey(11), 4)
+    Q = 0.5 * jr.normal(k[0], (1, 4, 4))
+    field = sj.SelfAttention(Q, Q, jnp.eye(4)[None], 1.0)
+    model = T.FlowModel(T.PatchEmbedding(k[1], 3, 2, 4), field,
+                        T.ClassReadout(k[2], 4, 2), t1=1.0)
+    x = np.asarray(jr.normal(k[3], (40, 3, 2)))
+    y = (x[:, 0, 0] > 0).astype(np.int64)
+    print("started", flush=True)
+    run = T.train(model, (x, y), optimizer=optax.sgd(0.05, momentum=0.9),
+                  steps=steps, batch_size=8, key=jr.PRNGKey(12), dt0=0.25,
+                  solver=diffrax.Heun(), checkpoint=ckpt)
+    leaves = jax.tree_util.tree_leaves(run.model)
+    np.savez(out + ".tmp.npz", *[np.asarray(a) for a in leaves
+                                 if hasattr(a, "dtype")])
+    import os; os.replace(out + ".tmp.npz", out)
+    print("done", flush=True)
+    """
+)
+
+
+def test_kill_and_resume_gives_the_uninterrupted_parameters(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RESUMABLE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    steps = "300"
+
+    def start(ckpt, out):
+        return subprocess.Popen(
+            [sys.executable, str(script), str(ckpt), str(out), steps],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    ref = start(tmp_path / "a.ckpt", tmp_path / "a.npz")
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-2000:]
+
+    rng = random.Random(13)
+    kills = 0
+    ckpt, out = tmp_path / "b.ckpt", tmp_path / "b.npz"
+    while kills < 2:
+        proc = start(ckpt, out)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is not None:  # finished before the kill
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    if not out.exists():
+        proc = start(ckpt, out)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    assert kills >= 1
+    a, b = np.load(tmp_path / "a.npz"), np.load(out)
+    assert a.files == b.files
+    for name in a.files:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-12)
+
+
+def _never_steps():
+    def update(updates, state, params=None):
+        raise AssertionError("a training step ran")
+
+    return optax.GradientTransformation(optax.sgd(0.1).init, update)
+
+
+BAD = {
+    "nan inputs": (
+        lambda x, y: (np.where(np.arange(len(x))[:, None, None] == 5, np.nan, x), y),
+        {},
+        "NaN or inf.*\\[5\\]",
+    ),
+    "labels out of range": (
+        lambda x, y: (x, y + 1),
+        {},
+        r"labels must lie in \[0, 2\)",
+    ),
+    "mismatched lengths": (lambda x, y: (x, y[:-1]), {}, "same length"),
+    "empty": (lambda x, y: (x[:0], y[:0]), {}, "is empty"),
+    "zero batch": (
+        lambda x, y: (x, y),
+        {"batch_size": 0},
+        "`batch_size` must be a positive",
+    ),
+    "negative batch": (
+        lambda x, y: (x, y),
+        {"batch_size": -4},
+        "`batch_size` must be a positive",
+    ),
+    "float labels": (lambda x, y: (x, y.astype(float)), {}, "labels must be integers"),
+    "negative lambda": (
+        lambda x, y: (x, y),
+        {"lambda_kinetic": -1.0},
+        "lambda_kinetic",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_refused_before_any_step(case):
+    spoil, kwargs, match = BAD[case]
+    x, y = _data(jr.PRNGKey(10), 32)
+    options = dict(optimizer=_never_steps(), steps=3, batch_size=8, key=jr.PRNGKey(0))
+    options.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        T.train(_model(jr.PRNGKey(7)), spoil(x, y), **options)
+    # the held-out data is checked the same way
+    if not kwargs:
+        with pytest.raises(ValueError, match=match.replace("`data`", "`eval_data`")):
+            T.train(
+                _model(jr.PRNGKey(7)),
+                (x, y),
+                eval_data=spoil(x, y),
+                eval_every=1,
+                **options,
+            )
+
+
+def test_a_loss_turning_nan_stops_with_the_last_good_checkpoint(tmp_path):
+    # the learning rate becomes infinite at the optimiser's fourth update: the
+    # parameters after step 3 are not finite, the run stops there
+    lr = lambda count: jnp.where(count >= 3, jnp.inf, 0.05)
+    optimizer = standard_promotion(optax.sgd(lr))
+    model = _model(jr.PRNGKey(7))
+    ckpt = tmp_path / "run.ckpt"
+    options = dict(
+        optimizer=optimizer,
+        steps=10,
+        batch_size=16,
+        key=jr.PRNGKey(0),
+        dt0=0.5,
+        solver=diffrax.Heun(),
+    )
+    with pytest.raises(
+        FloatingPointError, match=r"step 3.*last good checkpoint \(step 3\)"
+    ):
+        T.train(model, _data(jr.PRNGKey(8), 64), checkpoint=str(ckpt), **options)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    meta, (saved, _) = T.load_checkpoint(str(ckpt), (params, optimizer.init(params)))
+    assert meta["step"] == 3 and len(meta["history"]["loss"]) == 3
+    assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(saved))
+    # and the checkpoint is the state of an uninterrupted 3-step run
+    three = T.train(model, _data(jr.PRNGKey(8), 64), **dict(options, steps=3))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(three.model, eqx.is_inexact_array)),
+        jax.tree_util.tree_leaves(saved),
+    ):
+        np.testing.assert_array_equal(a, b)

@@ -40,7 +40,7 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
 
 def accuracy(logits: Array, labels: Array) -> Array:
     """The fraction of `labels` that are the argmax of `logits`."""
-    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(logits.dtype))
 
 
 # ---------------------------------------------------------------------------------
