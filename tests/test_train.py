@@ -327,3 +327,14 @@ def test_a_loss_turning_nan_stops_with_the_last_good_checkpoint(tmp_path):
         jax.tree_util.tree_leaves(saved),
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_docs_example_runs(capsys):
+    text = (ROOT / "docs" / "training.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    with jax.numpy_dtype_promotion("standard"):  # Optax's Adam mixes dtypes
+        exec(compile(block, "docs/training.md", "exec"), {})
+    out = capsys.readouterr().out
+    accuracy = float(out.split("accuracy ")[1].split(",")[0])
+    nfe = float(out.split("test NFE ")[1].split()[0])
+    assert 0.0 <= accuracy <= 1.0 and nfe > 0

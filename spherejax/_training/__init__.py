@@ -16,3 +16,10 @@ from ._model import (
     evaluations_per_step as evaluations_per_step,
     forward as forward,
 )
+from ._tasks import (
+    bytes_data as bytes_data,
+    bytes_task as bytes_task,
+    digits_data as digits_data,
+    digits_task as digits_task,
+    flow_residual as flow_residual,
+)

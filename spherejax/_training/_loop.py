@@ -290,7 +290,9 @@ def train(
 
     params, static = eqx.partition(model, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
-    solve_kw = dict(solver=solver, rtol=rtol, atol=atol, dt0=dt0, max_steps=max_steps)
+    solve_kw: dict[str, Any] = dict(
+        solver=solver, rtol=rtol, atol=atol, dt0=dt0, max_steps=max_steps
+    )
     lambdas = jnp.asarray([lambda_kinetic, lambda_jacobian])
     config = (optimizer, loss, lambda_jacobian > 0, solve_kw)
 

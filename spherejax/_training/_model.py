@@ -20,6 +20,7 @@ $\mathbb{E}_\varepsilon J(T) = \int_0^T \|\partial_y X_\theta\|_F^2\, dt$
     for Laplacian smoothing splines*, 1989.
 """
 
+from collections.abc import Callable
 from typing import cast
 
 import diffrax
@@ -175,16 +176,16 @@ class FlowModel(eqx.Module):
     with $\Phi$ the flow map of the attention field (solved by `forward`).
     """
 
-    embedding: eqx.Module
+    embedding: Callable[..., Array]
     field: AbstractField
-    readout: eqx.Module
+    readout: Callable[..., Array]
     t1: float = eqx.field(static=True)
 
     def __init__(
         self,
-        embedding: eqx.Module,
+        embedding: Callable[..., Array],
         field: AbstractField,
-        readout: eqx.Module,
+        readout: Callable[..., Array],
         *,
         t1: float = 1.0,
     ):
