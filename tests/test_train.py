@@ -150,7 +150,12 @@ def trained_pair():
     seeds, data and budget): one compiled step serves both."""
     model = _model(jr.PRNGKey(7))
     data, test = _data(jr.PRNGKey(8), 64), _data(jr.PRNGKey(9), 64)
-    runs = {lk: T.train(model, data, lambda_kinetic=lk, **TRAIN) for lk in (0.0, 1.0)}
+    runs = {
+        lk: T.train(
+            model, data, lambda_kinetic=lk, eval_data=test, eval_every=15, **TRAIN
+        )
+        for lk in (0.0, 1.0)
+    }
     return runs, test
 
 
@@ -159,6 +164,10 @@ def test_kinetic_regulariser_lowers_action_and_test_nfe(trained_pair):
     plain, regular = (T.evaluate(runs[lk].model, test) for lk in (0.0, 1.0))
     assert regular["kinetic"] < 0.5 * plain["kinetic"], (plain, regular)
     assert regular["nfe"] < 0.8 * plain["nfe"], (plain, regular)
+    # the periodic evaluation (steps 15 and 30) ends with the final model's scores
+    assert runs[1.0].history["eval_step"] == [15, 30]
+    assert runs[1.0].history["eval_nfe"][-1] == regular["nfe"]
+    assert runs[1.0].history["eval_accuracy"][-1] == regular["accuracy"]
     # the recorded training curves are per step and finite
     for run in runs.values():
         assert len(run.history["nfe"]) == TRAIN["steps"]
@@ -199,7 +208,7 @@ def test_kill_and_resume_gives_the_uninterrupted_parameters(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(RESUMABLE)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    steps = "300"
+    steps = "200"
 
     def start(ckpt, out):
         return subprocess.Popen(
