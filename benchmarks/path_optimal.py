@@ -105,10 +105,17 @@ def main():
     args = parser.parse_args()
     print(header("path_optimal.py"), flush=True)
     q = args.quick
-    digits_sweep = [(0.0, 0.0), (0.003, 0.0), (0.01, 0.0), (0.03, 0.0), (0.1, 0.0)]
+    digits_sweep = [
+        (0.0, 0.0),
+        (0.003, 0.0),
+        (0.01, 0.0),
+        (0.03, 0.0),
+        (0.1, 0.0),
+        (0.3, 0.0),
+    ]
     bytes_sweep = [(0.0, 0.0), (0.01, 0.0), (0.1, 0.0)]
     if args.jacobian:
-        digits_sweep.append((0.01, 0.001))
+        digits_sweep.append((0.03, 0.01))
     tasks, untrained = {}, {}
     tasks["digits"], untrained["digits"] = run_task(
         "digits",
