@@ -337,6 +337,19 @@ def test_a_loss_turning_nan_stops_with_the_last_good_checkpoint(tmp_path):
     ):
         np.testing.assert_array_equal(a, b)
 
+    # mini-batches from an iterable: three copies of one batch of 16 train as the
+    # array data made of that batch alone (each epoch a permutation of it)
+    batch = tuple(a[:16] for a in _data(jr.PRNGKey(8), 64))
+    listed = T.train(model, [batch] * 3, **dict(options, steps=3, batch_size=None))
+    arrays = T.train(model, batch, **dict(options, steps=3))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(listed.model, eqx.is_inexact_array)),
+        jax.tree_util.tree_leaves(eqx.filter(arrays.model, eqx.is_inexact_array)),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="ran out after 3 batches"):
+        T.train(model, [batch] * 3, **dict(options, steps=4, batch_size=None))
+
 
 def test_the_docs_example_runs(capsys):
     text = (ROOT / "docs" / "training.md").read_text()
