@@ -7,6 +7,7 @@ topic subpackages:
 - `spherejax.attention`: the attention parts with their abstract bases;
 - `spherejax.mean_field`: densities, continuum limits, measure losses;
 - `spherejax.variational`: Lagrangians, action, minimum-action paths, fitting;
+- `spherejax.training`: training flows on data with the action as regulariser;
 - `spherejax.transformers`: discrete stacks, LayerNorm, the pre-LN flow, Tai et al.;
 - `spherejax.models`: real models (Hugging Face, torch) and the MiniLM tools;
 - `spherejax.io`: saving and loading;
@@ -21,6 +22,7 @@ from . import (
     models as models,
     sharding as sharding,
     solvers as solvers,
+    training as training,
     transformers as transformers,
     variational as variational,
 )
