@@ -12,7 +12,6 @@ import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,6 +19,7 @@ from .._attention import Causal
 from .._field import FeedForward, Layerwise, SelfAttention, Sum
 from .._manifold import Euclidean
 from .._transformer import LayerNorm
+from ._activations import ACTIVATIONS
 from ._decoder import DecoderFlow
 from ._flow import TransformerFlow
 from ._hf_decoders import DECODERS, import_decoder
@@ -30,27 +30,6 @@ _EXTRA = (
     'install the optional extra `hf` (`pip install "spherejax[hf]"`, no torch) or '
     '`real` (`pip install "spherejax[real]"`, with torch)'
 )
-
-
-def _gelu_exact(x):
-    return jax.nn.gelu(x, approximate=False)
-
-
-def _gelu_tanh(x):
-    return jax.nn.gelu(x, approximate=True)
-
-
-def _relu(x):
-    return jax.nn.relu(x)
-
-
-ACTIVATIONS: dict[str, Callable] = {
-    "gelu": _gelu_exact,
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "relu": _relu,
-}
-"""Activations by their `transformers` config names."""
 
 
 def _activation(name: str, key: str) -> Callable:

@@ -7,12 +7,12 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._attention import RoPE
 from .._transformer import LayerNorm
+from ._activations import ACTIVATIONS as _ACTS
 from ._decoder import DecoderFlow, DecoderLayer
 from ._norms import RMSNorm
 
@@ -32,32 +32,6 @@ DECODERS = (
 
 ROPE_TYPES = ("default", "linear", "llama3")
 """The supported `rope_scaling` / `rope_parameters` types."""
-
-
-def _silu(x):
-    return jax.nn.silu(x)
-
-
-def _gelu(x):
-    return jax.nn.gelu(x, approximate=False)
-
-
-def _gelu_tanh(x):
-    return jax.nn.gelu(x, approximate=True)
-
-
-def _relu(x):
-    return jax.nn.relu(x)
-
-
-_ACTS: dict[str, Callable] = {
-    "silu": _silu,
-    "swish": _silu,
-    "gelu": _gelu,
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "relu": _relu,
-}
 
 
 class _Reader:

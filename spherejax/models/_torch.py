@@ -9,8 +9,9 @@ import numpy as np
 
 from .._field import FeedForward, Layerwise, Sum
 from .._transformer import LayerNorm
+from ._activations import _gelu_exact, _gelu_tanh, _relu
 from ._flow import TransformerFlow
-from ._hf import _attention, _gelu_exact, _gelu_tanh, _heads_from_linear, _relu
+from ._hf import _attention, _heads_from_linear
 
 
 def _np(t) -> np.ndarray:
