@@ -66,8 +66,8 @@ from jaxtyping import Array
 
 from ._attention import Chunked, Dense
 from ._field import AbstractField, SelfAttention
-from ._manifold import AbstractManifold, Sphere
-from ._solver.retract import Retract, with_scan_kind
+from ._manifold import Sphere
+from ._solver.retract import Retract, RetractFirst
 from ._step_size import FiniteAdaptiveSteps, FiniteSteps, guard_nonfinite
 
 
@@ -142,7 +142,7 @@ class ReplayAdjoint(diffrax.AbstractAdjoint):
             "`ReplayAdjoint` needs `t0 < t1`.",
         )
         static = _Static(
-            solver=_RetractTokens(solver.solver, solver._require_manifold()),
+            solver=RetractFirst(solver.solver, solver._require_manifold()),
             controller=_controller(stepsize_controller, ts),
             t0=t0,
             t1=t1,
@@ -306,43 +306,6 @@ class _WithRadial(eqx.Module):
         return field.manifold.to_tangent(x, v), jnp.sum(x * v, axis=-1)
 
 
-class _RetractTokens(diffrax.AbstractWrappedSolver):
-    """An explicit Runge–Kutta solver on the state `(x, z)` whose steps retract `x`
-    onto `manifold` and leave `z` alone (the replay's forward pass)."""
-
-    solver: diffrax.AbstractSolver
-    manifold: AbstractManifold
-    scan_kind: str | None = None
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
-        return self.solver.interpolation_cls
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return with_scan_kind(self.solver, self.scan_kind).init(terms, t0, t1, y0, args)
-
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        inner = with_scan_kind(self.solver, self.scan_kind)
-        (x1, z1), y_error, dense_info, solver_state, result = inner.step(
-            terms, t0, t1, y0, args, solver_state, made_jump
-        )
-        x1 = self.manifold.retract(y0[0], x1 - y0[0])
-        return (x1, z1), y_error, dense_info, solver_state, result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
-
-
 class _TokensNorm(eqx.Module):
     """The controller's norm applied to the tokens of the state `(x, z)`."""
 
@@ -412,7 +375,7 @@ def _add(a, b):
 
 
 class _Static(eqx.Module):
-    solver: _RetractTokens
+    solver: RetractFirst
     controller: diffrax.AbstractStepSizeController
     t0: Array
     t1: Array

@@ -26,6 +26,45 @@ def with_scan_kind(
     )
 
 
+class RetractFirst(diffrax.AbstractWrappedSolver):
+    """An explicit Runge–Kutta solver on a tuple state `(x, *rest)` whose steps
+    retract the tokens `x` onto `manifold` and leave the rest (accumulators, adjoint
+    variables) as the inner solver computed them. Used by `ReplayAdjoint`'s forward
+    pass and by training's augmented solves."""
+
+    solver: diffrax.AbstractSolver
+    manifold: AbstractManifold
+    scan_kind: str | None = None
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
+        return self.solver.interpolation_cls
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return with_scan_kind(self.solver, self.scan_kind).init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        inner = with_scan_kind(self.solver, self.scan_kind)
+        y1, y_error, dense_info, solver_state, result = inner.step(
+            terms, t0, t1, y0, args, solver_state, made_jump
+        )
+        x1 = self.manifold.retract(y0[0], y1[0] - y0[0])
+        return (x1, *y1[1:]), y_error, dense_info, solver_state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
 def _is_backsolve_term(terms) -> bool:
     """Whether `terms` is the adjoint term of `diffrax.BacksolveAdjoint`'s backward
     pass (`diffeqsolve` wraps every term in a `WrapTerm` for the time direction)."""

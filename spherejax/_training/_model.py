@@ -33,6 +33,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._field import AbstractField
 from .._manifold import AbstractManifold, Sphere
+from .._solver.retract import RetractFirst
 
 
 class PatchEmbedding(eqx.Module):
@@ -212,42 +213,6 @@ FlowModel.__init__.__doc__ = """**Arguments:**
 """
 
 
-class _TokenRetract(diffrax.AbstractWrappedSolver):
-    """An explicit diffrax solver on the augmented state `(y, E, J)` whose step ends
-    with the retraction of the tokens `y` onto the manifold (the accumulators are
-    left as they are)."""
-
-    solver: diffrax.AbstractSolver
-    manifold: AbstractManifold
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleMethodOverride]
-        return self.solver.interpolation_cls
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return self.solver.init(terms, t0, t1, y0, args)
-
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        y1, y_error, dense_info, solver_state, result = self.solver.step(
-            terms, t0, t1, y0, args, solver_state, made_jump
-        )
-        tokens = self.manifold.retract(y0[0], y1[0] - y0[0])
-        return (tokens,) + tuple(y1[1:]), y_error, dense_info, solver_state, result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
-
-
 def evaluations_per_step(solver: diffrax.AbstractSolver) -> tuple[int, int]:
     """`(per_step, at_start)`: the field evaluations of one step of an explicit
     Runge–Kutta `solver` (first-same-as-last stages counted once) and those made
@@ -346,7 +311,7 @@ def forward(
         step0 = jnp.asarray(dt0, dtype)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(augmented),
-        _TokenRetract(solver, field.manifold),
+        RetractFirst(solver, field.manifold),
         t0,
         t1,
         step0,
